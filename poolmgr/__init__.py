@@ -1,0 +1,3 @@
+"""poolmgr: pool-account lifecycle manager for grid computing sites."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Commands about the database schema: db upgrade, db status, db check."""
+
+import typer
+
+from poolmgr import migrate
+from poolmgr.cli.state import state
+from poolmgr.db import ping
+from poolmgr.errors import DatabaseUnavailableError
+
+app = typer.Typer(help="Create, upgrade and inspect the database schema.")
+
+
+@app.command("upgrade")
+def upgrade_command() -> None:
+    """Create or upgrade the schema to the newest revision."""
+    engine = state.engine(migrate_sqlite=False)
+    ping(engine)
+    before = migrate.status(engine)
+    migrate.upgrade(engine)
+    after = migrate.status(engine)
+    if before.current == after.current:
+        typer.echo(f"Schema already at {after.current}.")
+    else:
+        typer.echo(
+            f"Schema upgraded from {before.current or 'empty'} to {after.current}."
+        )
+
+
+@app.command("status")
+def status_command() -> None:
+    """Show the database URL, its schema revision and the newest one."""
+    engine = state.engine(migrate_sqlite=False)
+    ping(engine)
+    status = migrate.status(engine)
+    typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
+    typer.echo(f"revision: {status.current or 'none (empty database)'}")
+    typer.echo(f"head:     {status.head}")
+    typer.echo("state:    " + ("up to date" if status.is_current else "needs upgrade"))
+
+
+@app.command("check")
+def check_command() -> None:
+    """Verify that the schema is at head and matches the models exactly."""
+    engine = state.engine(migrate_sqlite=False)
+    ping(engine)
+    status = migrate.status(engine)
+    if not status.is_current:
+        raise DatabaseUnavailableError(
+            f"Schema is at {status.current or 'none'}, head is {status.head}; "
+            "run 'poolmgr db upgrade'."
+        )
+    differences = migrate.drift(engine)
+    if differences:
+        for difference in differences:
+            typer.echo(f"drift: {difference}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Schema at {status.head} matches the models.")

@@ -1,0 +1,103 @@
+"""Commands about pools: pools, sync."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from poolmgr.cli.output import emit_json, table
+from poolmgr.cli.state import state
+from poolmgr.db import unit_of_work
+from poolmgr.pools import PoolSpec, SyncResult, sync_pools
+from poolmgr.timeutil import utcnow
+from poolmgr.views import pool_summaries
+from poolmgr.vocards import VoCard, load_cards
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pool commands to app."""
+    app.command("pools")(pools_command)
+    app.command("sync")(sync_command)
+
+
+def pools_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List pools with their size, leased, free and retired accounts."""
+    with unit_of_work(state.engine(), write=False) as session:
+        summaries = pool_summaries(session)
+    if as_json:
+        emit_json([summary.__dict__ for summary in summaries])
+        return
+    table(
+        [
+            "POOL",
+            "VO",
+            "SIZE",
+            "DECLARED",
+            "LEASED",
+            "FREE",
+            "RETIRED",
+            "GROUP",
+            "GID",
+            "FIRST UID",
+        ],
+        [
+            [
+                s.name + ("" if s.live else " (retired)"),
+                s.vo,
+                s.size,
+                s.declared,
+                s.leased,
+                s.free,
+                s.retired,
+                s.group,
+                s.gid,
+                s.first_uid,
+            ]
+            for s in summaries
+        ],
+    )
+
+
+def sync_command(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="VO card file or directory (default: configured)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan, change nothing.")
+    ] = False,
+) -> None:
+    """Create, grow and shrink pools and accounts to match the VO cards."""
+    settings = state.settings()
+    cards = load_cards(directory or settings.vocards)
+    engine = state.engine()
+    with unit_of_work(engine) as session:
+        result = sync_pools(session, settings, card_specs(cards), utcnow())
+        if dry_run:
+            session.rollback()
+    _report(result, dry_run)
+
+
+def card_specs(cards: list[VoCard]) -> list[PoolSpec]:
+    """Return the pools the cards declare, in rule order."""
+    specs = []
+    for card in cards:
+        for decl in card.pools:
+            specs.append(
+                PoolSpec(decl.name, card.vo, tuple(decl.serves), decl.accounts)
+            )
+    return specs
+
+
+def _report(result: SyncResult, dry_run: bool) -> None:
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not result.changes:
+        typer.echo("Nothing to change.")
+        return
+    verb = "Would make" if dry_run else "Made"
+    typer.echo(f"{verb} {len(result.changes)} change(s):")
+    for change in result.changes:
+        typer.echo(f"  {change}")

@@ -1,0 +1,257 @@
+"""Engine, sessions and the column types shared by every model.
+
+One engine per process and database URL. Every unit of work runs in one
+transaction opened by the caller (a CLI command or a service request);
+domain functions receive the session and never commit.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+)
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from poolmgr.errors import ConfigError, DatabaseUnavailableError
+
+logger = logging.getLogger(__name__)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with constraint names that are equal on every backend."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and returned as aware UTC.
+
+    SQLite and MariaDB keep no zone, so the zone is fixed by convention at
+    this boundary: aware values are converted to UTC on the way in, and
+    naive values read back are marked UTC.
+    """
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=False))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """Return whether the engine talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+_engines: dict[str, Engine] = {}
+_sqlite_write: ContextVar[bool] = ContextVar("sqlite_write", default=True)
+
+
+def get_engine(url: str) -> Engine:
+    """Return the process-wide engine for url, creating it on first use."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _create_engine(url)
+        _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (used by tests and on shutdown)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+def _create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"Database URL {url[:120]!r} is not a valid URL.") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(parsed.database)
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if (
+        parsed.get_backend_name() in ("mysql", "mariadb")
+        and "+" not in parsed.drivername
+    ):
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    try:
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=32,
+            pool_recycle=3600,
+            connect_args=_connect_args(parsed.get_backend_name()),
+        )
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigError(f"Database URL is not usable: {exc}") from None
+
+
+def _connect_args(backend: str) -> dict[str, Any]:
+    if backend == "postgresql":
+        return {"connect_timeout": 5}
+    if backend in ("mysql", "mariadb"):
+        return {"connect_timeout": 5}
+    return {}
+
+
+def _create_sqlite_engine(database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        f"sqlite:///{database or ''}",
+        connect_args={"timeout": 30, "isolation_level": None},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # The sqlite3 module's own transaction handling is off; a unit of
+        # work that writes asks for the write lock up front (BEGIN IMMEDIATE)
+        # so two writers never both read a free account and then collide.
+        mode = "IMMEDIATE" if _sqlite_write.get() else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+@contextmanager
+def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
+    """Run a block in one transaction; commit on success, roll back on error.
+
+    With write=True on SQLite the transaction takes the write lock at once.
+    Connection failures become DatabaseUnavailableError.
+    """
+    token = _sqlite_write.set(write)
+    try:
+        with _session_factory(engine).begin() as session:
+            yield session
+    except DBAPIError as exc:
+        if is_conflict(exc):
+            raise
+        if is_unavailable(exc):
+            raise _unavailable(engine, exc) from exc
+        raise
+    finally:
+        _sqlite_write.reset(token)
+
+
+_PG_CONFLICTS = {"40001", "40P01", "55P03"}
+_MYSQL_UNAVAILABLE = {1040, 1045, 1049, 1053, 2002, 2003, 2005, 2006, 2013, 2055}
+_SQLITE_UNAVAILABLE = ("unable to open", "disk i/o error", "readonly database")
+
+
+def is_unavailable(exc: DBAPIError) -> bool:
+    """Return whether exc means the database cannot be reached or used.
+
+    Errors raised by the database on purpose (a trigger refusing a change,
+    a constraint) are not outages and are not reported as one.
+    """
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", "")
+    if type(orig).__module__.startswith("psycopg"):
+        return not sqlstate or sqlstate.startswith(("08", "57P", "53"))
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _MYSQL_UNAVAILABLE
+    return str(orig).lower().startswith(_SQLITE_UNAVAILABLE)
+
+
+_MYSQL_CONFLICTS = {1205, 1213}
+
+
+def is_conflict(exc: DBAPIError) -> bool:
+    """Return whether exc is a clash with a concurrent writer, worth a retry.
+
+    A unique-constraint violation, a serialization failure, a deadlock or a
+    lock timeout means another transaction got there first; the same unit of
+    work run again sees its result.
+    """
+    if isinstance(exc, IntegrityError):
+        return True
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in _MYSQL_CONFLICTS:
+        return True
+    return "database is locked" in str(orig)
+
+
+def _unavailable(engine: Engine, exc: Exception) -> DatabaseUnavailableError:
+    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+    where = engine.url.render_as_string(hide_password=True)
+    return DatabaseUnavailableError(f"Database {where} is unavailable: {detail}")
+
+
+_factories: dict[int, sessionmaker[Session]] = {}
+
+
+def _session_factory(engine: Engine) -> sessionmaker[Session]:
+    factory = _factories.get(id(engine))
+    if factory is None:
+        factory = sessionmaker(engine, expire_on_commit=False)
+        _factories[id(engine)] = factory
+    return factory
+
+
+def ping(engine: Engine) -> None:
+    """Raise DatabaseUnavailableError unless a trivial query succeeds."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise _unavailable(engine, exc) from exc

@@ -1,0 +1,75 @@
+"""The event log: one row per state change, and one syslog line after commit.
+
+Rows are written in the caller's transaction, so an event exists exactly
+when the change it describes does. Syslog lines are queued on the session
+and emitted only after the commit, so a rolled-back change never appears in
+syslog either.
+"""
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
+
+from poolmgr.models import Event
+from poolmgr.timeutil import utcnow
+
+audit_logger = logging.getLogger("poolmgr.audit")
+_PENDING = "poolmgr_pending_log"
+_COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
+
+
+def record(session: Session, kind: str, **fields: Any) -> Event:
+    """Add an event row of kind with the given fields; log it after commit.
+
+    Fields named like Event columns fill those columns; any others go into
+    the JSON details. Returns the (flushed later) Event.
+    """
+    columns = {key: fields.pop(key) for key in _COLUMNS if key in fields}
+    details = {k: v for k, v in fields.items() if v is not None}
+    row = Event(
+        at=utcnow(),
+        kind=kind,
+        details=json.dumps(details, default=str) or None,
+        **columns,
+    )
+    session.add(row)
+    queue_log(session, logging.INFO, kind, **columns, **details)
+    return row
+
+
+def queue_log(session: Session, level: int, kind: str, **fields: Any) -> None:
+    """Queue one key=value log line to be emitted when the session commits."""
+    session.info.setdefault(_PENDING, []).append((level, kind, fields))
+
+
+def format_fields(kind: str, fields: dict[str, Any]) -> str:
+    """Render an event as 'event=kind key=value ...' with safe quoting."""
+    parts = [f"event={kind}"]
+    for key, value in fields.items():
+        if value is None or key == "identity_id":
+            continue
+        parts.append(f"{key}={_quote(str(value))}")
+    return " ".join(parts)
+
+
+def _quote(value: str) -> str:
+    cleaned = value.replace("\\", "\\\\").replace('"', '\\"')
+    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in cleaned)
+    if cleaned and not any(ch in cleaned for ch in ' ="\\'):
+        return cleaned
+    return f'"{cleaned}"'
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _emit_after_commit(session: Session) -> None:
+    for level, kind, fields in session.info.pop(_PENDING, []):
+        audit_logger.log(level, "%s", format_fields(kind, fields))
+
+
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _drop_after_rollback(session: Session, previous_transaction: Any) -> None:
+    if not session.in_transaction():
+        session.info.pop(_PENDING, None)

@@ -1,0 +1,442 @@
+"""The lease engine: map a person to a pool account, and keep the lease.
+
+A returning person gets the account of their open lease in the first
+matching pool that holds one; a new person gets the free account that has
+been free longest (never-used accounts first), and never one whose quiet
+period is still running. Each mapping records last use; to keep returning
+persons from being write-bound, a use within ``last_use_resolution``
+seconds of the recorded one is not written again, so a crash loses at most
+that window (60 s by default), far below any quiet period.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from poolmgr import events, nss
+from poolmgr.db import is_conflict, is_sqlite, unit_of_work
+from poolmgr.dn import DistinguishedName, parse_dn
+from poolmgr.errors import (
+    ContentionError,
+    NoLeaseError,
+    NoPoolMatchError,
+    PoolExhaustedError,
+)
+from poolmgr.fqan import Fqan, parse_fqan, parse_rule
+from poolmgr.identities import find_identity, get_or_create_identity
+from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.routing import Choice, Route, Router
+from poolmgr.settings import Settings
+from poolmgr.timeutil import Duration, utcnow
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 25
+_BATCH = 16
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """What a caller asks: the subject DN, its FQANs in order, and the mode."""
+
+    dn: str
+    fqans: tuple[str, ...] = ()
+    issuer: str | None = None
+    verify: bool = False
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The answer: the account, its uid and gids, and the lease behind it."""
+
+    account: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    pool: str
+    dn: str
+    display: str
+    fqan: str | None
+    lease_id: int
+    new: bool
+
+    @property
+    def secondary_gids(self) -> tuple[int, ...]:
+        return tuple(g for g in self.groups if g != self.gid)
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.pool}:{self.lease_id}"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    dn: DistinguishedName
+    fqans: tuple[Fqan, ...]
+    request: MapRequest
+
+
+class Mapper:
+    """Maps requests on one database; safe to share between threads."""
+
+    def __init__(
+        self, engine: Engine, settings: Settings, *, router_ttl: float = 0.0
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.quiet: Duration = settings.quiet
+        self.resolution = timedelta(seconds=settings.last_use_resolution)
+        self._router_ttl = router_ttl
+        self._router: tuple[float, Router] | None = None
+
+    def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
+        """Return the mapping for request, creating or refreshing its lease.
+
+        Raises BadInputError, NoPoolMatchError, PoolExhaustedError,
+        NoLeaseError (verify mode) or ContentionError.
+        """
+        parsed = parse_request(request)
+        now = now or utcnow()
+        with unit_of_work(self.engine, write=False) as session:
+            choice = self._choose(session, parsed)
+            found = _open_lease(session, parsed.dn, choice)
+            if found is not None and (
+                request.verify or now - found[0].last_used_at < self.resolution
+            ):
+                return self._result(found, choice, parsed, new=False)
+        if request.verify:
+            raise NoLeaseError(
+                f"No open lease for {parsed.dn.slash()!r} in "
+                f"{_pool_list(choice.routes)}."
+            )
+        return retry_conflicts(
+            self.engine, lambda session: self._map_writing(session, parsed, choice, now)
+        )
+
+    def router(self, session: Session) -> Router:
+        """Return the routing table, reloaded after router_ttl seconds."""
+        cached = self._router
+        if cached is not None and time.monotonic() - cached[0] < self._router_ttl:
+            return cached[1]
+        router = Router.load(session)
+        self._router = (time.monotonic(), router)
+        return router
+
+    def _choose(self, session: Session, parsed: _Parsed) -> Choice:
+        router = self.router(session)
+        if not parsed.fqans and self.settings.dn_only_pool:
+            routes = tuple(_dn_only_routes(session, self.settings.dn_only_pool))
+            choice = Choice(None, routes)
+        else:
+            choice = router.choose(parsed.fqans, self.settings.any_fqan)
+        if not choice.routes:
+            raise NoPoolMatchError(_no_match_message(parsed))
+        return choice
+
+    def _map_writing(
+        self, session: Session, parsed: _Parsed, choice: Choice, now: datetime
+    ) -> Mapping:
+        found = _open_lease(session, parsed.dn, choice)
+        if found is not None:
+            lease = found[0]
+            get_or_create_identity(session, parsed.dn)
+            session.execute(
+                update(Lease)
+                .where(Lease.id == lease.id, Lease.last_used_at < now)
+                .values(last_used_at=now)
+            )
+            return self._result(found, choice, parsed, new=False)
+
+        identity = get_or_create_identity(session, parsed.dn)
+        for index, route in enumerate(choice.routes):
+            account = self._pick_account(session, route, now)
+            if account is None:
+                continue
+            if index:
+                logger.warning(
+                    "pool exhausted, next rule used pool=%s used=%s dn=%s",
+                    choice.routes[0].pool,
+                    route.pool,
+                    parsed.dn.slash(),
+                )
+            lease = _start_lease(session, identity, account, route, choice, now)
+            pool = session.get(Pool, route.pool_id)
+            assert pool is not None
+            return self._result((lease, account, pool), choice, parsed, new=True)
+
+        names = tuple(route.pool for route in choice.routes)
+        raise PoolExhaustedError(
+            f"Pool {names[0]} has no free account"
+            + (f" (also tried {', '.join(names[1:])})" if len(names) > 1 else "")
+            + f" for {parsed.dn.slash()!r}.",
+            pools=names,
+        )
+
+    def _pick_account(
+        self, session: Session, route: Route, now: datetime
+    ) -> Account | None:
+        """Lock and return the best free account of the route's pool, or None.
+
+        On PostgreSQL and MariaDB the candidates are locked with SKIP LOCKED,
+        so concurrent callers take different accounts instead of queueing;
+        on SQLite the unit of work already holds the write lock (BEGIN
+        IMMEDIATE). When every free account is locked by others, the caller
+        retries rather than reporting the pool exhausted.
+        """
+        rejected: set[int] = set()
+        for query in self._candidate_queries(route, now):
+            while True:
+                stmt = query.where(Account.id.not_in(rejected)) if rejected else query
+                if not is_sqlite(self.engine):
+                    stmt = stmt.with_for_update(skip_locked=True)
+                batch = session.scalars(stmt.limit(_BATCH)).all()
+                for account in batch:
+                    if self._is_usable(account, now):
+                        return account
+                    rejected.add(account.id)
+                if len(batch) < _BATCH:
+                    break
+        if not is_sqlite(self.engine) and _has_locked_free(session, route, rejected):
+            raise _Retry("free accounts are locked by concurrent callers")
+        return None
+
+    def _candidate_queries(self, route: Route, now: datetime) -> list:
+        free = select(Account).where(
+            Account.pool_id == route.pool_id, Account.state == "free"
+        )
+        never_used = free.where(Account.last_used_at.is_(None)).order_by(Account.number)
+        rested = free.where(
+            Account.last_used_at.is_not(None),
+            or_(
+                Account.last_used_at <= self.quiet.safe_cutoff(now),
+                Account.quiet_waived_at.is_not(None),
+            ),
+        ).order_by(Account.free_since, Account.number)
+        return [never_used, rested]
+
+    def _is_usable(self, account: Account, now: datetime) -> bool:
+        if account.last_used_at is not None and not _quiet_over(
+            account, self.quiet, now
+        ):
+            return False
+        if self.settings.check_nss:
+            problem = nss.account_problem(account.name, account.uid)
+            if problem is not None:
+                logger.warning("account skipped: %s", problem.message)
+                return False
+        return True
+
+    def _result(
+        self,
+        found: tuple[Lease, Account, Pool],
+        choice: Choice,
+        parsed: _Parsed,
+        *,
+        new: bool,
+    ) -> Mapping:
+        lease, account, pool = found
+        router = self._router[1] if self._router else Router(())
+        secondary = router.secondary_gids(parsed.fqans, choice.fqan)
+        groups = (pool.gid, *(g for g in secondary if g != pool.gid))
+        return Mapping(
+            account=account.name,
+            uid=account.uid,
+            gid=pool.gid,
+            groups=groups,
+            pool=pool.name,
+            dn=parsed.dn.slash(),
+            display=parsed.request.dn,
+            fqan=str(choice.fqan) if choice.fqan else None,
+            lease_id=lease.id,
+            new=new,
+        )
+
+
+class _Retry(Exception):
+    """Internal: the unit of work must run again."""
+
+
+def parse_request(request: MapRequest) -> _Parsed:
+    """Parse and validate the DN and every FQAN; raise BadInputError."""
+    dn = parse_dn(request.dn, request.issuer)
+    fqans = []
+    for text in request.fqans:
+        fqan, warnings = parse_fqan(text)
+        for warning in warnings:
+            logger.info("fqan warning: %s", warning)
+        fqans.append(fqan)
+    return _Parsed(dn, tuple(fqans), request)
+
+
+def retry_conflicts(engine: Engine, work: Callable[[Session], T]) -> T:
+    """Run work in a writing unit of work, again after a conflict; bounded.
+
+    Raises ContentionError when every attempt clashed with other writers.
+    """
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            with unit_of_work(engine) as session:
+                return work(session)
+        except _Retry:
+            pass
+        except DBAPIError as exc:
+            if not is_conflict(exc):
+                raise
+            logger.debug("conflict, retrying attempt=%d: %s", attempt, exc.orig)
+        time.sleep(random.uniform(0.001, 0.004 * (attempt + 1)))
+    raise ContentionError(
+        f"The mapping clashed with concurrent writers {MAX_ATTEMPTS} times; try again."
+    )
+
+
+def _open_lease(
+    session: Session, dn: DistinguishedName, choice: Choice
+) -> tuple[Lease, Account, Pool] | None:
+    identity = find_identity(session, dn)
+    if identity is None or not choice.routes:
+        return None
+    order = {route.pool_id: i for i, route in enumerate(choice.routes)}
+    rows = session.execute(
+        select(Lease, Account, Pool)
+        .join(Account, Account.id == Lease.account_id)
+        .join(Pool, Pool.id == Lease.pool_id)
+        .where(
+            Lease.identity_id == identity.id,
+            Lease.open_marker == 1,
+            Lease.pool_id.in_(order),
+        )
+    ).all()
+    if not rows:
+        return None
+    lease, account, pool = min(rows, key=lambda row: order[row[0].pool_id])
+    return lease, account, pool
+
+
+def _start_lease(
+    session: Session,
+    identity: Identity,
+    account: Account,
+    route: Route,
+    choice: Choice,
+    now: datetime,
+) -> Lease:
+    lease = Lease(
+        account_id=account.id,
+        identity_id=identity.id,
+        pool_id=route.pool_id,
+        fqan=str(choice.fqan) if choice.fqan else None,
+        started_at=now,
+        last_used_at=now,
+        open_account_id=account.id,
+        open_marker=1,
+    )
+    account.state = "leased"
+    session.add(lease)
+    session.flush()
+    events.record(
+        session,
+        "lease_started",
+        pool=route.pool,
+        account=account.name,
+        identity_id=identity.id,
+        dn=identity.display,
+        lease_id=lease.id,
+        fqan=lease.fqan,
+        rule=route.rule.text,
+    )
+    return lease
+
+
+def _quiet_over(account: Account, quiet: Duration, now: datetime) -> bool:
+    last = account.last_used_at
+    if last is None:
+        return True
+    waived = account.quiet_waived_at
+    if waived is not None and waived >= last:
+        return True
+    return quiet.after(last) <= now
+
+
+def _has_locked_free(session: Session, route: Route, rejected: set[int]) -> bool:
+    stmt = select(Account.id).where(
+        Account.pool_id == route.pool_id, Account.state == "free"
+    )
+    if rejected:
+        stmt = stmt.where(Account.id.not_in(rejected))
+    return session.scalars(stmt.limit(1)).first() is not None
+
+
+def _dn_only_routes(session: Session, pool_name: str) -> list[Route]:
+    pool = session.scalars(
+        select(Pool).where(Pool.name == pool_name, Pool.retired_at.is_(None))
+    ).first()
+    if pool is None:
+        return []
+    return [Route(-1, pool.id, pool.name, pool.gid, parse_rule(f"/{pool.vo}"))]
+
+
+def _no_match_message(parsed: _Parsed) -> str:
+    if not parsed.fqans:
+        return (
+            f"No FQAN given for {parsed.dn.slash()!r} and no pool serves "
+            "DN-only requests (see dn_only_pool)."
+        )
+    return f"No pool serves FQAN {str(parsed.fqans[0])!r}."
+
+
+def _pool_list(routes: tuple[Route, ...]) -> str:
+    return "pool " + ", ".join(route.pool for route in routes)
+
+
+def end_lease(
+    session: Session,
+    lease: Lease,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    note: str | None = None,
+    waive_quiet: bool = False,
+) -> None:
+    """End an open lease: the row stays, the account becomes free.
+
+    The account keeps the lease's last use, so its quiet period keeps
+    running; waive_quiet (an override) records that the quiet period was
+    ended early on purpose. Last use itself is never changed here.
+    """
+    account = session.get(Account, lease.account_id)
+    assert account is not None and lease.ended_at is None
+    lease.ended_at, lease.end_reason = now, reason
+    lease.ended_by, lease.end_note = actor, note
+    lease.open_account_id, lease.open_marker = None, None
+    account.state = "free"
+    account.last_used_at = lease.last_used_at
+    account.free_since = now
+    if waive_quiet:
+        account.quiet_waived_at = now
+    identity = session.get(Identity, lease.identity_id)
+    pool = session.get(Pool, lease.pool_id)
+    session.flush()
+    events.record(
+        session,
+        "lease_ended",
+        pool=pool.name if pool else None,
+        account=account.name,
+        identity_id=lease.identity_id,
+        dn=identity.display if identity else None,
+        lease_id=lease.id,
+        actor=actor,
+        reason=note,
+        end_reason=reason,
+        last_use=lease.last_used_at,
+        quiet_waived=waive_quiet or None,
+    )

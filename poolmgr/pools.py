@@ -1,0 +1,377 @@
+"""Pool provisioning: bring pools, accounts and routing rules to the VO cards.
+
+``sync_pools`` creates pools, grows them to the declared size (or the site's
+override), retires free surplus accounts when a pool shrinks (a leased
+account is never touched), and replaces the routing table. Running it twice
+changes nothing. Account numbers run from 1; account n of a pool has uid
+first_uid + n, so a pool owns the uid block first_uid .. first_uid + 10**digits - 1.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from poolmgr import events, nss
+from poolmgr.errors import ConflictError
+from poolmgr.models import Account, Pool, PoolRule
+from poolmgr.settings import PoolSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIGITS = 3
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool as the VO cards declare it."""
+
+    name: str
+    vo: str
+    serves: tuple[str, ...]
+    accounts: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change sync made (or would make, in a dry run)."""
+
+    kind: str
+    pool: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind:<18} {self.pool:<12} {self.detail}"
+
+
+@dataclass
+class SyncResult:
+    """What sync changed, and what it noticed but left alone."""
+
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def sync_pools(
+    session: Session, settings: Settings, specs: list[PoolSpec], now: datetime
+) -> SyncResult:
+    """Make the database match specs; return the changes.
+
+    Raises ConflictError, before changing anything, when a pool's accounts
+    would collide with another pool's uids or names, or with the host's NSS.
+    A dry run is this call in a transaction that is then rolled back.
+    """
+    result = SyncResult()
+    for name in sorted(set(settings.pools) - {spec.name for spec in specs}):
+        result.warnings.append(f"pool {name} is configured but in no VO card")
+
+    pools = [_upsert_pool(session, settings, spec, now, result) for spec in specs]
+    session.flush()
+    _check_conflicts(session, settings, pools)
+    for pool in pools:
+        _resize(session, pool, now, result)
+    _retire_missing(session, {spec.name for spec in specs}, now, result)
+    _replace_rules(session, specs, pools, result)
+
+    for change in result.changes:
+        events.record(
+            session,
+            "sync_" + change.kind,
+            pool=change.pool,
+            detail=change.detail,
+            actor="sync",
+        )
+    return result
+
+
+def _upsert_pool(
+    session: Session,
+    settings: Settings,
+    spec: PoolSpec,
+    now: datetime,
+    result: SyncResult,
+) -> Pool:
+    site = settings.pools.get(spec.name, PoolSettings())
+    size = site.size if site.size is not None else spec.accounts
+    pool = session.scalars(select(Pool).where(Pool.name == spec.name)).first()
+    if pool is None:
+        pool = _new_pool(session, settings, spec, site, size)
+        result.changes.append(
+            Change(
+                "pool_created",
+                pool.name,
+                f"vo={pool.vo} prefix={pool.prefix} digits={pool.digits} "
+                f"first_uid={pool.first_uid} group={pool.group_name} "
+                f"gid={pool.gid} size={size}",
+            )
+        )
+        return pool
+
+    _apply_site_params(session, pool, site, result)
+    if pool.retired_at is not None:
+        pool.retired_at = None
+        result.changes.append(Change("pool_restored", pool.name, "back in a VO card"))
+    if (pool.declared_size, pool.size, pool.vo) != (spec.accounts, size, spec.vo):
+        result.changes.append(
+            Change(
+                "pool_resized",
+                pool.name,
+                f"declared {pool.declared_size}->{spec.accounts} "
+                f"size {pool.size}->{size}",
+            )
+        )
+        pool.declared_size, pool.size, pool.vo = spec.accounts, size, spec.vo
+    return pool
+
+
+def _new_pool(
+    session: Session,
+    settings: Settings,
+    spec: PoolSpec,
+    site: PoolSettings,
+    size: int,
+) -> Pool:
+    digits = site.digits or max(DEFAULT_DIGITS, len(str(size)))
+    pool = Pool(
+        name=spec.name,
+        vo=spec.vo,
+        prefix=site.prefix or spec.name,
+        digits=digits,
+        first_uid=site.first_uid or _next_uid_block(session, settings),
+        group_name=site.group or spec.name,
+        gid=site.gid or _next_gid(session, settings, site.group or spec.name),
+        declared_size=spec.accounts,
+        size=size,
+    )
+    session.add(pool)
+    session.flush()
+    return pool
+
+
+def _apply_site_params(
+    session: Session, pool: Pool, site: PoolSettings, result: SyncResult
+) -> None:
+    wanted = {
+        "prefix": site.prefix,
+        "digits": site.digits,
+        "first_uid": site.first_uid,
+        "group_name": site.group,
+        "gid": site.gid,
+    }
+    differs = {
+        key: value
+        for key, value in wanted.items()
+        if value is not None and getattr(pool, key) != value
+    }
+    if not differs:
+        return
+    has_accounts = session.scalar(
+        select(func.count()).select_from(Account).where(Account.pool_id == pool.id)
+    )
+    if has_accounts:
+        listed = ", ".join(
+            f"{key} {getattr(pool, key)}->{value}" for key, value in differs.items()
+        )
+        raise ConflictError(
+            f"Pool {pool.name} already has accounts; poolmgr does not renumber "
+            f"or rename them ({listed}). Restore the old values in the site "
+            "configuration or define a new pool."
+        )
+    for key, value in differs.items():
+        setattr(pool, key, value)
+    result.changes.append(
+        Change(
+            "pool_changed",
+            pool.name,
+            " ".join(f"{key}={value}" for key, value in differs.items()),
+        )
+    )
+
+
+def _next_uid_block(session: Session, settings: Settings) -> int:
+    highest = session.scalar(
+        select(func.max(Pool.first_uid + func.power(10, Pool.digits)))
+    )
+    return max(settings.first_uid, int(highest or 0))
+
+
+def _next_gid(session: Session, settings: Settings, group: str) -> int:
+    same = session.scalar(select(Pool.gid).where(Pool.group_name == group).limit(1))
+    if same is not None:
+        return int(same)
+    highest = session.scalar(select(func.max(Pool.gid)))
+    return max(settings.first_gid, int(highest or 0) + 1)
+
+
+def _uid_blocks(session: Session) -> list[tuple[Pool, int]]:
+    """Return every pool with the end (exclusive) of its uid block."""
+    pools = session.scalars(select(Pool)).all()
+    return [(pool, pool.first_uid + 10**pool.digits) for pool in pools]
+
+
+def _check_conflicts(session: Session, settings: Settings, pools: list[Pool]) -> None:
+    problems: list[str] = []
+    for pool in pools:
+        problems.extend(_pool_conflicts(session, pool))
+        if settings.check_nss:
+            problems.extend(_nss_conflicts(pool))
+    if problems:
+        raise ConflictError("Sync refused, nothing changed: " + "; ".join(problems))
+
+
+def _pool_conflicts(session: Session, pool: Pool) -> list[str]:
+    problems = []
+    if pool.size > 10**pool.digits - 1:
+        problems.append(
+            f"pool {pool.name} cannot hold {pool.size} accounts with "
+            f"{pool.digits} digits (set pools.{pool.name}.digits)"
+        )
+    end = pool.first_uid + 10**pool.digits
+    for other, other_end in _uid_blocks(session):
+        if other.id != pool.id and other.first_uid < end and pool.first_uid < other_end:
+            problems.append(
+                f"uid block {pool.first_uid}-{end - 1} of pool {pool.name} "
+                f"overlaps pool {other.name}"
+            )
+    other = session.scalars(
+        select(Pool).where(Pool.id != pool.id, Pool.gid == pool.gid)
+    ).first()
+    if other is not None and other.group_name != pool.group_name:
+        problems.append(
+            f"gid {pool.gid} is group {other.group_name} of pool {other.name}, "
+            f"not {pool.group_name}"
+        )
+    named = session.scalars(
+        select(Account.name)
+        .join(Pool)
+        .where(
+            Pool.id != pool.id,
+            Account.name.in_(_account_name(pool, n) for n in range(1, pool.size + 1)),
+        )
+        .limit(3)
+    ).all()
+    if named:
+        problems.append(
+            f"account names {', '.join(named)} of pool {pool.name} exist in "
+            "another pool"
+        )
+    return problems
+
+
+def _nss_conflicts(pool: Pool) -> list[str]:
+    problems = []
+    group = nss.group_problem(pool.group_name, pool.gid)
+    if group is not None and "does not resolve" not in group.message:
+        problems.append(f"pool {pool.name}: {group.message}")
+    for number in range(1, pool.size + 1):
+        name, uid = _account_name(pool, number), pool.first_uid + number
+        owner = nss.uid_owner(uid)
+        if owner is not None and owner != name:
+            problems.append(
+                f"pool {pool.name}: uid {uid} of {name} belongs to {owner} on this host"
+            )
+    return problems
+
+
+def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> None:
+    accounts = {
+        account.number: account
+        for account in session.scalars(
+            select(Account).where(Account.pool_id == pool.id)
+        )
+    }
+    target = pool.size if pool.retired_at is None else 0
+    added, restored, retired, kept = [], [], [], []
+    for number in range(1, target + 1):
+        account = accounts.get(number)
+        if account is None:
+            account = _new_account(pool, number)
+            session.add(account)
+            added.append(account.name)
+        elif account.state == "retired":
+            account.state, account.retired_at = "free", None
+            restored.append(account.name)
+    for number in sorted(accounts, reverse=True):
+        account = accounts[number]
+        if number <= target or account.state == "retired":
+            continue
+        if account.state == "leased":
+            kept.append(account.name)
+            continue
+        account.state, account.retired_at = "retired", now
+        retired.append(account.name)
+
+    for kind, names in (
+        ("accounts_added", added),
+        ("accounts_restored", restored),
+        ("accounts_retired", retired),
+    ):
+        if names:
+            result.changes.append(Change(kind, pool.name, _span(names)))
+    if kept:
+        result.warnings.append(
+            f"pool {pool.name}: {len(kept)} leased surplus account(s) kept until "
+            f"their leases end: {_span(kept)}"
+        )
+
+
+def _new_account(pool: Pool, number: int) -> Account:
+    return Account(
+        pool_id=pool.id,
+        name=_account_name(pool, number),
+        number=number,
+        uid=pool.first_uid + number,
+        state="free",
+    )
+
+
+def _account_name(pool: Pool, number: int) -> str:
+    return f"{pool.prefix}{number:0{pool.digits}d}"
+
+
+def _retire_missing(
+    session: Session, names: set[str], now: datetime, result: SyncResult
+) -> None:
+    stale = session.scalars(
+        select(Pool).where(Pool.retired_at.is_(None), Pool.name.not_in(names))
+    ).all()
+    for pool in stale:
+        pool.retired_at = now
+        result.changes.append(Change("pool_retired", pool.name, "in no VO card"))
+        _resize(session, pool, now, result)
+
+
+def _replace_rules(
+    session: Session, specs: list[PoolSpec], pools: list[Pool], result: SyncResult
+) -> None:
+    wanted = [
+        (pool.id, rule)
+        for spec, pool in zip(specs, pools, strict=True)
+        for rule in spec.serves
+    ]
+    current = session.execute(
+        select(PoolRule.pool_id, PoolRule.rule).order_by(PoolRule.position)
+    ).all()
+    if [tuple(row) for row in current] == wanted:
+        return
+    session.execute(delete(PoolRule))
+    session.flush()
+    for position, (pool_id, rule) in enumerate(wanted, start=1):
+        session.add(PoolRule(position=position, pool_id=pool_id, rule=rule))
+    names = {pool.id: pool.name for pool in pools}
+    result.changes.append(
+        Change(
+            "rules_replaced",
+            "*",
+            "; ".join(f"{rule}->{names[pid]}" for pid, rule in wanted) or "none",
+        )
+    )
+
+
+def _span(names: list[str]) -> str:
+    ordered = sorted(names)
+    if len(ordered) <= 3:
+        return ", ".join(ordered)
+    return f"{ordered[0]} .. {ordered[-1]} ({len(ordered)})"

@@ -1,0 +1,572 @@
+"""Recycling: end leases past their quiet period, clean the account, free it.
+
+For each account the steps run in this order, each write in its own short
+transaction, so that an account is never free before its cleanup succeeded
+and a crash at any point leaves it out of service rather than handed out:
+
+1. the site's in-use check, if configured; an account in use is postponed;
+2. the lease ends (reason ``quiet_period``, or ``override`` for a forced
+   recycle) and the account goes to state ``cleaning``: out of service;
+3. the site's cleanup command runs, outside any transaction, with a timeout;
+4. on success the account becomes free; on failure a ``cleanup_failed``
+   event is recorded and the account stays out of service.
+
+Every run first retries the accounts still out of service. The periodic run
+reads only open leases whose last use is before the quiet period's loose
+cutoff, in keyset batches over the index on (open_marker, last_used_at), and
+checks each one exactly, so its cost and memory do not grow with history.
+"""
+
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from sqlalchemy import Engine, Row, Select, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from poolmgr import events
+from poolmgr.db import is_sqlite, unit_of_work
+from poolmgr.errors import BadInputError, NoLeaseError, NotFoundError, PolicyError
+from poolmgr.leases import end_lease
+from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.settings import Settings
+from poolmgr.timeutil import Duration, format_time, utcnow
+
+logger = logging.getLogger(__name__)
+
+QUIET_PERIOD = "quiet_period"
+OVERRIDE = "override"
+OUT_OF_SERVICE = "cleaning"
+FAILURES = frozenset({"cleanup_failed", "check_failed"})
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_REASON = 2000
+_BATCH = 200
+_OUTPUT_TAIL = 400
+
+
+def default_actor() -> str:
+    """Return who is acting: the sudo caller, else the login, else the uid's name."""
+    sudo = os.environ.get("SUDO_USER")
+    if sudo:
+        return sudo
+    try:
+        return os.getlogin()
+    except OSError:
+        pass
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid:{os.getuid()}"
+
+
+def due_at(quiet: Duration, last_use: datetime) -> datetime:
+    """Return the first instant at which a lease last used then may be recycled."""
+    return quiet.after(last_use)
+
+
+def is_quiet_over(quiet: Duration, last_use: datetime, now: datetime) -> bool:
+    """Return whether the quiet period after last_use has fully passed at now.
+
+    A last use in the future (a node with a fast clock) is never old.
+    """
+    return due_at(quiet, last_use) <= now
+
+
+@dataclass(frozen=True)
+class Target:
+    """An account to recycle and the lease that ends, or ended, on it."""
+
+    account_id: int
+    account: str
+    uid: int
+    pool: str
+    lease_id: int | None
+    identity_id: int | None
+    dn: str | None
+    last_use: datetime | None
+    reason: str
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One action of a run, printed as one line."""
+
+    action: str
+    target: Target
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Return whether this action makes the run exit non-zero."""
+        return self.action in FAILURES
+
+    def line(self) -> str:
+        """Render the action as 'action account=... key=value ...' (syslog quoting)."""
+        t = self.target
+        fields = {
+            "account": t.account,
+            "pool": t.pool,
+            "lease": t.lease_id,
+            "last_use": format_time(t.last_use),
+            "dn": t.dn,
+            "note": self.detail or None,
+        }
+        return events.format_fields(self.action, fields).removeprefix("event=")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a site command ended: its exit status (None if it never finished)."""
+
+    status: int | None
+    output: str
+    problem: str | None = None
+
+    def describe(self) -> str:
+        """Return a one-line account of the result, with the output's tail."""
+        what = self.problem or f"exit status {self.status}"
+        return f"{what}: {self.output}" if self.output else what
+
+
+Runner = Callable[[Sequence[str], Target, str, int], CommandResult]
+
+
+def run_command(
+    argv: Sequence[str], target: Target, purpose: str, timeout: int
+) -> CommandResult:
+    """Run argv plus the account name, details in the environment; never a shell.
+
+    The command runs in its own session, so a timeout kills it and every
+    process it started. Output goes to a temporary file, of which only the
+    tail is kept for the report.
+    """
+    with tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.Popen(
+                [*argv, target.account],
+                env=command_environment(target, purpose),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return CommandResult(None, "", f"cannot run {argv[0]}: {exc.strerror}")
+        try:
+            status: int | None = proc.wait(timeout=timeout)
+            problem = None
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status, problem = None, f"timed out after {timeout} s"
+        return CommandResult(status, _tail(output), problem)
+
+
+def command_environment(target: Target, purpose: str) -> dict[str, str]:
+    """Return the environment of a site command: a plain PATH and POOLMGR_*."""
+    values = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "LC_ALL": "C",
+        "POOLMGR_ACTION": purpose,
+        "POOLMGR_ACCOUNT": target.account,
+        "POOLMGR_UID": str(target.uid),
+        "POOLMGR_POOL": target.pool,
+        "POOLMGR_DN": target.dn or "",
+        "POOLMGR_LEASE_ID": "" if target.lease_id is None else str(target.lease_id),
+        "POOLMGR_LAST_USE": ""
+        if target.last_use is None
+        else format_time(target.last_use),
+        "POOLMGR_REASON": target.reason,
+    }
+    return {key: value.replace("\0", "") for key, value in values.items()}
+
+
+class Recycler:
+    """Recycles accounts on one database with the site's commands."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        actor: str | None = None,
+        runner: Runner = run_command,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.quiet = settings.quiet
+        self.actor = check_actor(actor if actor is not None else default_actor())
+        self.runner = runner
+
+    def run(
+        self, now: datetime | None = None, *, dry_run: bool = False
+    ) -> Iterator[Outcome]:
+        """Retry accounts out of service, then recycle every lease past its quiet period.
+
+        Yields one Outcome per action as it happens. A dry run yields the plan
+        (``would_retry``, ``would_recycle``), runs no command and changes nothing.
+        """
+        now = now or utcnow()
+        for target in self._out_of_service():
+            yield Outcome("would_retry", target) if dry_run else self._clean(target)
+        for target in self._past_quiet(now):
+            if not dry_run:
+                yield from self._recycle(target, now)
+                continue
+            assert target.last_use is not None
+            due = due_at(self.quiet, target.last_use)
+            yield Outcome("would_recycle", target, f"due {format_time(due)}")
+
+    def force(
+        self,
+        account: str,
+        reason: str,
+        *,
+        ignore_in_use: bool = False,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> list[Outcome]:
+        """Recycle one account inside its quiet period, as a recorded override.
+
+        Raises BadInputError without a reason, NotFoundError for an unknown
+        account, PolicyError when it has no open lease or the in-use check
+        says it is in use (unless ignore_in_use, which is recorded too).
+        """
+        reason = check_reason(reason)
+        now = now or utcnow()
+        target = replace(self._open_target(account), reason=OVERRIDE)
+        if dry_run:
+            return [Outcome("would_override", target, reason)]
+        if not ignore_in_use:
+            busy = self._in_use(target)
+            if busy is not None:
+                raise PolicyError(
+                    f"Account {account!r} is in use ({busy}); add --ignore-in-use "
+                    "to recycle it anyway."
+                )
+        ended = self._end(target, now, note=reason, ignore_in_use=ignore_in_use)
+        if ended is None:
+            raise PolicyError(f"Account {account!r} has no open lease any more.")
+        return [Outcome(OVERRIDE, ended, reason), self._clean(ended)]
+
+    def _recycle(self, target: Target, now: datetime) -> Iterator[Outcome]:
+        busy = self._in_use(target)
+        if busy is not None:
+            action = "postponed" if busy == "in use" else "check_failed"
+            with unit_of_work(self.engine) as session:
+                self._record(session, target, "in_use_postponed", reason=busy)
+            yield Outcome(action, target, busy)
+            return
+        ended = self._end(target, now)
+        if ended is None:
+            yield Outcome("skipped", target, "used again or ended meanwhile")
+            return
+        yield self._clean(ended)
+
+    def _in_use(self, target: Target) -> str | None:
+        """Return why the account counts as in use, or None when it is not."""
+        command = self.settings.recycle.in_use_command
+        if command is None:
+            return None
+        result = self.runner(command, target, "in-use-check", self._timeout)
+        if result.status == 1:
+            return None
+        if result.status == 0:
+            return "in use"
+        return f"in-use check failed: {result.describe()}"
+
+    def _end(
+        self,
+        target: Target,
+        now: datetime,
+        *,
+        note: str | None = None,
+        ignore_in_use: bool = False,
+    ) -> Target | None:
+        """End the target's lease and take the account out of service; commit.
+
+        The lease is read again under lock: a mapping since the plan was made
+        may have refreshed its last use, and then a periodic run leaves it.
+        """
+        override = note is not None
+        with unit_of_work(self.engine) as session:
+            lease = self._lock_open_lease(session, target.lease_id)
+            if lease is None:
+                return None
+            if not override and not is_quiet_over(self.quiet, lease.last_used_at, now):
+                return None
+            ended = replace(target, last_use=lease.last_used_at)
+            if override:
+                self._record_override(session, ended, note, ignore_in_use)
+            end_lease(
+                session,
+                lease,
+                reason=target.reason,
+                actor=self.actor,
+                now=now,
+                note=note,
+                waive_quiet=override,
+            )
+            account = session.get(Account, lease.account_id)
+            assert account is not None
+            account.state = OUT_OF_SERVICE
+        return ended
+
+    def _clean(self, target: Target) -> Outcome:
+        """Run the cleanup command; free the account only when it succeeded."""
+        command = self.settings.recycle.cleanup_command
+        result = CommandResult(0, "")
+        if command is not None:
+            result = self.runner(command, target, "cleanup", self._timeout)
+        note = "retried after a failed cleanup" if target.retry else ""
+        with unit_of_work(self.engine) as session:
+            if result.status != 0:
+                detail = f"cleanup failed: {result.describe()}"
+                self._record(session, target, "cleanup_failed", reason=detail)
+                logger.error("cleanup failed account=%s %s", target.account, detail)
+                return Outcome("cleanup_failed", target, detail)
+            freed = session.execute(
+                update(Account)
+                .where(Account.id == target.account_id, Account.state == OUT_OF_SERVICE)
+                .values(state="free")
+            ).rowcount
+            if not freed:
+                return Outcome("skipped", target, "no longer out of service")
+            self._record(session, target, "recycled", end_reason=target.reason)
+        return Outcome("recycled", target, note)
+
+    def _record(
+        self, session: Session, target: Target, kind: str, **fields: object
+    ) -> None:
+        events.record(
+            session,
+            kind,
+            actor=self.actor,
+            pool=target.pool,
+            account=target.account,
+            identity_id=target.identity_id,
+            dn=target.dn,
+            lease_id=target.lease_id,
+            last_use=target.last_use,
+            **fields,
+        )
+
+    def _record_override(
+        self, session: Session, target: Target, reason: str, ignore_in_use: bool
+    ) -> None:
+        assert target.last_use is not None
+        logger.warning(
+            "override account=%s actor=%s reason=%s", target.account, self.actor, reason
+        )
+        self._record(
+            session,
+            target,
+            OVERRIDE,
+            reason=reason,
+            quiet_until=due_at(self.quiet, target.last_use),
+            in_use_check="ignored" if ignore_in_use else None,
+        )
+
+    def _lock_open_lease(self, session: Session, lease_id: int | None) -> Lease | None:
+        stmt = select(Lease).where(Lease.id == lease_id, Lease.open_marker == 1)
+        if not is_sqlite(self.engine):
+            stmt = stmt.with_for_update()
+        return session.scalars(stmt).first()
+
+    def _open_target(self, name: str) -> Target:
+        with unit_of_work(self.engine, write=False) as session:
+            account = session.scalars(
+                select(Account).where(Account.name == name)
+            ).first()
+            if account is None:
+                raise NotFoundError(f"No pool account named {name[:64]!r}.")
+            row = session.execute(
+                _target_select().where(Lease.open_account_id == account.id)
+            ).first()
+        if row is not None:
+            return _target(row, QUIET_PERIOD)
+        if account.state == OUT_OF_SERVICE:
+            raise PolicyError(
+                f"Account {name!r} is already out of service awaiting cleanup; "
+                "'poolmgr recycle' retries it."
+            )
+        raise PolicyError(f"Account {name!r} has no open lease; nothing to recycle.")
+
+    def _past_quiet(self, now: datetime) -> Iterator[Target]:
+        cutoff = self.quiet.safe_cutoff(now)
+        after: tuple[datetime, int] | None = None
+        while True:
+            with unit_of_work(self.engine, write=False) as session:
+                rows = session.execute(_due_batch(cutoff, after)).all()
+            for row in rows:
+                target = _target(row, QUIET_PERIOD)
+                assert target.last_use is not None
+                if is_quiet_over(self.quiet, target.last_use, now):
+                    yield target
+            if len(rows) < _BATCH:
+                return
+            after = (rows[-1].last_used_at, rows[-1].lease_id)
+
+    def _out_of_service(self) -> Iterator[Target]:
+        after = 0
+        while True:
+            with unit_of_work(self.engine, write=False) as session:
+                batch = _out_of_service_batch(session, after)
+            yield from batch
+            if len(batch) < _BATCH:
+                return
+            after = batch[-1].account_id
+
+    @property
+    def _timeout(self) -> int:
+        return self.settings.recycle.command_timeout
+
+
+@dataclass(frozen=True)
+class TouchResult:
+    """The use recorded on an account's open lease."""
+
+    account: str
+    lease_id: int
+    dn: str
+    last_used_at: datetime
+    changed: bool
+
+
+def touch_account(session: Session, name: str, now: datetime) -> TouchResult:
+    """Record a use of the account's open lease: last use becomes max(old, now).
+
+    Raises NotFoundError for an unknown account and NoLeaseError when the
+    account has no open lease. Records no event (a use is not a state change).
+    """
+    account_id = session.scalar(select(Account.id).where(Account.name == name))
+    if account_id is None:
+        raise NotFoundError(f"No pool account named {name[:64]!r}.")
+    row = session.execute(
+        _target_select().where(Lease.open_account_id == account_id)
+    ).first()
+    if row is None:
+        raise NoLeaseError(f"Account {name!r} has no open lease to record a use on.")
+    changed = session.execute(
+        update(Lease)
+        .where(Lease.id == row.lease_id, Lease.last_used_at < now)
+        .values(last_used_at=now)
+    ).rowcount
+    last = now if changed else row.last_used_at
+    events.queue_log(
+        session, logging.DEBUG, "use", account=name, dn=row.dn, lease_id=row.lease_id
+    )
+    return TouchResult(name, row.lease_id, row.dn, last, bool(changed))
+
+
+def check_reason(reason: str | None) -> str:
+    """Return the override reason stripped; BadInputError when empty or huge."""
+    text = (reason or "").strip()
+    if not text:
+        raise BadInputError("An override needs a reason (--reason TEXT).")
+    if len(text) > MAX_REASON:
+        raise BadInputError(f"The reason is longer than {MAX_REASON} characters.")
+    return text
+
+
+def check_actor(actor: str) -> str:
+    """Return the actor name; BadInputError when empty, too long or unprintable."""
+    name = actor.strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise BadInputError(f"Actor {actor[:80]!r} is not a usable name.")
+    return name
+
+
+def _target_select() -> Select:  # type: ignore[type-arg]
+    return (
+        select(
+            Lease.id.label("lease_id"),
+            Lease.last_used_at,
+            Lease.end_reason,
+            Lease.identity_id,
+            Account.id.label("account_id"),
+            Account.name.label("account"),
+            Account.uid,
+            Pool.name.label("pool"),
+            Identity.display.label("dn"),
+        )
+        .join(Account, Account.id == Lease.account_id)
+        .join(Pool, Pool.id == Lease.pool_id)
+        .join(Identity, Identity.id == Lease.identity_id)
+    )
+
+
+def _due_batch(cutoff: datetime, after: tuple[datetime, int] | None) -> Select:  # type: ignore[type-arg]
+    stmt = _target_select().where(Lease.open_marker == 1, Lease.last_used_at <= cutoff)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                Lease.last_used_at > after[0],
+                and_(Lease.last_used_at == after[0], Lease.id > after[1]),
+            )
+        )
+    return stmt.order_by(Lease.last_used_at, Lease.id).limit(_BATCH)
+
+
+def _out_of_service_batch(session: Session, after: int) -> list[Target]:
+    accounts = session.execute(
+        select(Account.id, Account.name, Account.uid, Pool.name.label("pool"))
+        .join(Pool, Pool.id == Account.pool_id)
+        .where(Account.state == OUT_OF_SERVICE, Account.id > after)
+        .order_by(Account.id)
+        .limit(_BATCH)
+    ).all()
+    targets = []
+    for account in accounts:
+        row = session.execute(
+            _target_select()
+            .where(Lease.account_id == account.id)
+            .order_by(Lease.started_at.desc(), Lease.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            bare = Target(
+                account.id,
+                account.name,
+                account.uid,
+                account.pool,
+                None,
+                None,
+                None,
+                None,
+                "",
+                retry=True,
+            )
+            targets.append(bare)
+        else:
+            targets.append(_target(row, row.end_reason or "", retry=True))
+    return targets
+
+
+def _target(row: Row[Any], reason: str, *, retry: bool = False) -> Target:
+    return Target(
+        account_id=row.account_id,
+        account=row.account,
+        uid=row.uid,
+        pool=row.pool,
+        lease_id=row.lease_id,
+        identity_id=row.identity_id,
+        dn=row.dn,
+        last_use=row.last_used_at,
+        reason=reason,
+        retry=retry,
+    )
+
+
+def _tail(handle: BinaryIO) -> str:
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - _OUTPUT_TAIL))
+    return " ".join(handle.read().decode("utf-8", "replace").split())

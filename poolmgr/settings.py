@@ -1,0 +1,231 @@
+"""The site configuration: one YAML file, validated strictly.
+
+The file is found through ``--config``, then ``POOLMGR_CONFIG``, then
+/etc/poolmgr/poolmgr.yaml. Without any file every value has a default, so
+the tool works out of the box on the embedded SQLite database.
+"""
+
+import os
+import re
+from logging.handlers import SysLogHandler
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from poolmgr.errors import ConfigError, PoolmgrError
+from poolmgr.timeutil import Duration
+
+DEFAULT_CONFIG = Path("/etc/poolmgr/poolmgr.yaml")
+SYSTEM_STATE_DIR = Path("/var/lib/poolmgr")
+MAX_CONFIG_BYTES = 1 << 20
+_NAME = r"^[a-z_][a-z0-9_.-]{0,31}$"
+
+
+def default_state_dir() -> Path:
+    """Return /var/lib/poolmgr for root, the user's state directory otherwise."""
+    if os.geteuid() == 0:
+        return SYSTEM_STATE_DIR
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(base) / "poolmgr"
+
+
+def default_database_url() -> str:
+    """Return the URL of the embedded SQLite database in the state directory."""
+    return f"sqlite:///{default_state_dir() / 'poolmgr.db'}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSettings(_Strict):
+    """Site overrides for one pool; anything left out comes from the VO card."""
+
+    prefix: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,23}$")] | None = None
+    digits: Annotated[int, Field(ge=1, le=9)] | None = None
+    first_uid: Annotated[int, Field(ge=1, le=4_294_967_294)] | None = None
+    group: Annotated[str, Field(pattern=_NAME)] | None = None
+    gid: Annotated[int, Field(ge=1, le=4_294_967_294)] | None = None
+    size: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
+class RecycleSettings(_Strict):
+    """Commands run by ``poolmgr recycle``; each gets the account as argument.
+
+    Each command is an argv list (never a shell string) whose first element
+    is an absolute path, since cron and systemd run with a minimal PATH.
+    ``cleanup_command`` wipes an account after its lease ended (exit 0 means
+    clean); without one, an ended lease frees its account at once.
+    ``in_use_command`` exits 0 when the account is still in use, 1 when it is
+    not; anything else counts as in use and is reported. Both are killed
+    after ``command_timeout`` seconds.
+    """
+
+    cleanup_command: list[str] | None = None
+    in_use_command: list[str] | None = None
+    command_timeout: Annotated[int, Field(ge=1, le=86_400)] = 600
+
+    @field_validator("cleanup_command", "in_use_command")
+    @classmethod
+    def _check_command(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value or not value[0].startswith("/"):
+            raise ValueError(
+                "give the command as a list starting with an absolute path"
+            )
+        if any("\0" in part for part in value):
+            raise ValueError("a command argument contains a NUL character")
+        return value
+
+
+class ServiceSettings(_Strict):
+    """The mapping service on a Unix socket (``poolmgr serve``).
+
+    Only root, the service's own user and members of ``group`` may connect.
+    Beyond ``max_clients`` open connections new ones wait in the listen
+    backlog; ``workers`` bounds the mappings that run at once. A connection
+    idle for ``idle_timeout`` seconds is closed, and a request line must
+    arrive (and its reply be taken) within ``request_timeout`` seconds.
+    Routing rules changed by sync reach a running service within
+    ``router_ttl`` seconds.
+    """
+
+    socket: Path = Path("/run/poolmgr/poolmgr.sock")
+    group: Annotated[str, Field(pattern=_NAME)] | None = None
+    max_clients: Annotated[int, Field(ge=1, le=10_000)] = 256
+    workers: Annotated[int, Field(ge=1, le=256)] = 8
+    idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    request_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    router_ttl: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    shutdown_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+
+class SyslogSettings(_Strict):
+    """Where state changes and mapping decisions are logged."""
+
+    enabled: bool = True
+    facility: str = "authpriv"
+    address: str = "/dev/log"
+
+    @field_validator("facility")
+    @classmethod
+    def _check_facility(cls, value: str) -> str:
+        if value.lower() not in SysLogHandler.facility_names:
+            raise ValueError(f"unknown syslog facility {value[:40]!r}")
+        return value.lower()
+
+
+class BanSourceSettings(_Strict):
+    """A central ban list: a local file or an HTTP(S) URL on a trusted host."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    location: str
+    format: Annotated[str, Field(pattern=r"^(ban-mapfile|dn-list)$")] = "ban-mapfile"
+
+
+class Settings(_Strict):
+    """The whole site configuration."""
+
+    database: str | None = None
+    vocards: Path = Path("/etc/poolmgr/vocards")
+    quiet_period: str = "6 months"
+    last_use_resolution: Annotated[int, Field(ge=0, le=3600)] = 60
+    any_fqan: bool = False
+    check_nss: bool = True
+    dn_only_pool: str | None = None
+    first_uid: Annotated[int, Field(ge=1000, le=4_000_000_000)] = 100_000
+    first_gid: Annotated[int, Field(ge=1000, le=4_000_000_000)] = 100_000
+    pools: dict[str, PoolSettings] = Field(default_factory=dict)
+    recycle: RecycleSettings = Field(default_factory=RecycleSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings)
+    ban_sources: list[BanSourceSettings] = Field(default_factory=list)
+    source: str = Field(default="(defaults)", exclude=True)
+
+    @field_validator("quiet_period")
+    @classmethod
+    def _check_quiet_period(cls, value: str) -> str:
+        try:
+            period = Duration.parse(value)
+        except PoolmgrError as exc:
+            raise ValueError(str(exc)) from None
+        if not period.is_positive():
+            raise ValueError("the quiet period must be longer than zero")
+        return value
+
+    @field_validator("pools")
+    @classmethod
+    def _check_pool_names(cls, value: dict[str, PoolSettings]) -> dict:
+        for name in value:
+            if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
+                raise ValueError(f"pool name {name[:40]!r} is not valid")
+        return value
+
+    @property
+    def quiet(self) -> Duration:
+        """Return the quiet period as a calendar duration."""
+        return Duration.parse(self.quiet_period)
+
+    def database_url(self) -> str:
+        """Return the configured database URL or the embedded default."""
+        return self.database or default_database_url()
+
+
+def load_settings(config: Path | None = None, database: str | None = None) -> Settings:
+    """Read the site configuration; raise ConfigError naming file and key."""
+    path, explicit = _config_path(config)
+    data = _read_yaml(path) if (explicit or path.exists()) else {}
+    if database or os.environ.get("POOLMGR_DATABASE_URL"):
+        data["database"] = database or os.environ["POOLMGR_DATABASE_URL"]
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+    return settings.model_copy(update={"source": str(path) if data else "(defaults)"})
+
+
+def _config_path(config: Path | None) -> tuple[Path, bool]:
+    if config is not None:
+        return config, True
+    if os.environ.get("POOLMGR_CONFIG"):
+        return Path(os.environ["POOLMGR_CONFIG"]), True
+    return DEFAULT_CONFIG, False
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the configuration: {exc.strerror}."
+        ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the configuration is larger than 1 MiB.")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the configuration is not UTF-8 text.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}{problem}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of keys.")
+    return data
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{key}: {message}")
+    return f"{path}: " + "; ".join(problems)

@@ -1,0 +1,643 @@
+"""VO cards: one YAML file per VO declaring its VOMS servers, FQANs and pools.
+
+A card mirrors what the EGI VO ID card publishes (name, VOMS servers, groups
+and roles) plus the poolmgr extension under ``extensions.poolmgr``, which
+declares the pools that serve the VO's FQAN rules. Cards are checked strictly:
+every problem of every file is reported as ``file:line: dotted.key: message``.
+"""
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from poolmgr.errors import BadInputError, VoCardError
+
+if TYPE_CHECKING:
+    from poolmgr.fqan import FqanRule
+
+FORMAT = "poolmgr-vocard/1"
+MAX_CARD_BYTES = 1024 * 1024
+MAX_ACCOUNTS = 100_000
+CARD_SUFFIXES = (".yaml", ".yml")
+
+_VO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_POOL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+Loc = tuple[str | int, ...]
+_Problem = tuple[int, str]
+"""A problem of one file: its line (0 for the whole file) and message."""
+
+FqanType = Literal["users", "production", "software", "pilot", "other"]
+
+
+def _quote(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_vo_name(value: str) -> bool:
+    """Return whether value is a valid VO name."""
+    return _VO_NAME.fullmatch(value) is not None
+
+
+def is_host_name(value: str) -> bool:
+    """Return whether value is a syntactically valid DNS host name."""
+    return len(value) <= 253 and _HOST_NAME.fullmatch(value) is not None
+
+
+def is_dn(value: str) -> bool:
+    """Return whether value looks like a DN in OpenSSL slash form."""
+    return value.startswith("/") and "=" in value
+
+
+def _check_vo_name(value: str) -> str:
+    if not is_vo_name(value):
+        raise ValueError(
+            f"{_quote(value)} is not a valid VO name: use at most 64 lower-case"
+            " letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _check_pool_name(value: str) -> str:
+    if not _POOL_NAME.fullmatch(value):
+        raise ValueError(
+            f"{_quote(value)} is not a valid pool name: use at most 32 lower-case"
+            " letters, digits, '_' or '-', starting with a letter"
+        )
+    return value
+
+
+def _check_host(value: str) -> str:
+    if not is_host_name(value):
+        raise ValueError(f"{_quote(value)} is not a valid host name")
+    return value
+
+
+def _check_dn(value: str) -> str:
+    if not is_dn(value):
+        raise ValueError(f"{_quote(value)} is not a DN in slash form (/DC=.../CN=...)")
+    return value
+
+
+def _check_fqan(value: str) -> str:
+    from poolmgr.fqan import parse_fqan
+
+    try:
+        parse_fqan(value)
+    except BadInputError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_rule(value: str) -> str:
+    from poolmgr.fqan import parse_rule
+
+    try:
+        parse_rule(value)
+    except BadInputError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+VoName = Annotated[str, AfterValidator(_check_vo_name)]
+PoolName = Annotated[str, AfterValidator(_check_pool_name)]
+HostName = Annotated[str, AfterValidator(_check_host)]
+SlashDn = Annotated[str, AfterValidator(_check_dn)]
+FqanText = Annotated[str, AfterValidator(_check_fqan)]
+RuleText = Annotated[str, AfterValidator(_check_rule)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VomsServer(_Strict):
+    """A VOMS server of the VO, as its VO ID card publishes it."""
+
+    host: HostName
+    port: StrictInt = Field(ge=1, le=65535)
+    dn: SlashDn
+
+
+class PublishedFqan(_Strict):
+    """A group or role the VO publishes."""
+
+    fqan: FqanText
+    description: str | None = None
+    type: FqanType | None = None
+
+
+class PoolEntry(_Strict):
+    """A pool as written in the card's poolmgr extension."""
+
+    name: PoolName
+    serves: tuple[RuleText, ...]
+    accounts: StrictInt = Field(ge=0, le=MAX_ACCOUNTS)
+    type: FqanType | None = None
+
+    @field_validator("serves")
+    @classmethod
+    def _check_serves(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a pool must serve at least one FQAN rule")
+        return value
+
+
+class PoolmgrExtension(_Strict):
+    """The poolmgr extension of the EGI VO ID card."""
+
+    glexec: StrictBool = False
+    pools: tuple[PoolEntry, ...] = ()
+
+
+class Extensions(_Strict):
+    """Extensions of the VO ID card; poolmgr knows only its own."""
+
+    poolmgr: PoolmgrExtension = PoolmgrExtension()
+
+
+@dataclass(frozen=True)
+class PoolDecl:
+    """A pool a card declares, with the VO it belongs to."""
+
+    name: str
+    vo: str
+    serves: tuple[str, ...]
+    accounts: int
+    type: FqanType | None
+
+
+class VoCard(_Strict):
+    """One VO card file, validated."""
+
+    format: Literal["poolmgr-vocard/1"]
+    vo: VoName
+    description: str | None = None
+    voms_servers: tuple[VomsServer, ...] = ()
+    fqans: tuple[PublishedFqan, ...] = ()
+    extensions: Extensions = Extensions()
+
+    @property
+    def glexec(self) -> bool:
+        """Return whether the VO's pilot jobs switch identity with gLExec."""
+        return self.extensions.poolmgr.glexec
+
+    @property
+    def pools(self) -> tuple[PoolDecl, ...]:
+        """Return the declared pools in card order."""
+        return tuple(
+            PoolDecl(entry.name, self.vo, entry.serves, entry.accounts, entry.type)
+            for entry in self.extensions.poolmgr.pools
+        )
+
+    @model_validator(mode="after")
+    def _check_consistency(self, info: ValidationInfo) -> "VoCard":
+        problems = card_problems(self)
+        sink = (info.context or {}).get("problems")
+        if sink is not None:
+            sink.extend(problems)
+        elif problems:
+            raise ValueError("; ".join(f"{_dotted(loc)}: {m}" for loc, m in problems))
+        return self
+
+
+def card_problems(card: VoCard) -> list[tuple[Loc, str]]:
+    """Return the problems that span several fields of one card, with keys."""
+    return [
+        *_published_problems(card),
+        *_server_problems(card),
+        *_pool_problems(card),
+    ]
+
+
+def _published_problems(card: VoCard) -> list[tuple[Loc, str]]:
+    from poolmgr.fqan import parse_fqan
+
+    problems: list[tuple[Loc, str]] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(card.fqans):
+        loc: Loc = ("fqans", index, "fqan")
+        fqan, _ = parse_fqan(entry.fqan)
+        canonical = str(fqan)
+        if fqan.vo != card.vo:
+            problems.append((loc, _foreign(entry.fqan, card.vo)))
+        elif canonical in seen:
+            problems.append(
+                (loc, f"{entry.fqan!r} repeats fqans.{seen[canonical]}.fqan")
+            )
+        seen.setdefault(canonical, index)
+    return problems
+
+
+def _server_problems(card: VoCard) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    seen: dict[tuple[str, int], int] = {}
+    for index, server in enumerate(card.voms_servers):
+        key = (server.host.lower(), server.port)
+        if key in seen:
+            problems.append(
+                (
+                    ("voms_servers", index, "host"),
+                    f"{server.host}:{server.port} repeats voms_servers.{seen[key]}",
+                )
+            )
+        seen.setdefault(key, index)
+    return problems
+
+
+def _pool_problems(card: VoCard) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    names: dict[str, int] = {}
+    for index, entry in enumerate(card.extensions.poolmgr.pools):
+        loc: Loc = ("extensions", "poolmgr", "pools", index)
+        if entry.name in names:
+            problems.append(
+                (
+                    (*loc, "name"),
+                    f"pool name {entry.name!r} repeats "
+                    f"extensions.poolmgr.pools.{names[entry.name]}.name",
+                )
+            )
+        names.setdefault(entry.name, index)
+        problems.extend(_rule_problems(card.vo, entry, loc))
+    return problems
+
+
+def _rule_problems(vo: str, entry: PoolEntry, loc: Loc) -> list[tuple[Loc, str]]:
+    from poolmgr.fqan import parse_rule
+
+    problems: list[tuple[Loc, str]] = []
+    seen: dict[tuple[object, ...], int] = {}
+    for index, text in enumerate(entry.serves):
+        rule = parse_rule(text)
+        canonical = (rule.components, rule.subtree, rule.role)
+        if rule.components[0] != vo:
+            problems.append(((*loc, "serves", index), _foreign(text, vo)))
+        elif canonical in seen:
+            problems.append(
+                (
+                    (*loc, "serves", index),
+                    f"rule {text!r} repeats serves.{seen[canonical]} of this pool",
+                )
+            )
+        seen.setdefault(canonical, index)
+    return problems
+
+
+def _foreign(text: str, vo: str) -> str:
+    return f"{_quote(text)} does not belong to VO {vo!r}; it must start with /{vo}"
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc) or "(top)"
+
+
+# ---------------------------------------------------------------- YAML reading
+
+
+class _NodeBudgetError(Exception):
+    """Aliases expand the document past the node budget."""
+
+
+@dataclass
+class _Document:
+    """A parsed YAML file: plain data and the line of every key and item."""
+
+    data: Any
+    lines: dict[Loc, int]
+    bad: set[Loc]
+
+
+class _Converter:
+    """Turns a composed YAML node tree into data, recording line numbers."""
+
+    max_nodes = 100_000
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self.loader = loader
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[_Problem] = []
+        self.bad: set[Loc] = set()
+        self.visited = 0
+        self.active: set[int] = set()
+
+    def convert(self, node: yaml.Node, loc: Loc) -> Any:
+        self.visited += 1
+        if self.visited > self.max_nodes:
+            raise _NodeBudgetError
+        line = node.start_mark.line + 1
+        self.lines.setdefault(loc, line)
+        if id(node) in self.active:
+            return self._problem(loc, line, "an alias refers to itself")
+        self.active.add(id(node))
+        try:
+            return self._convert(node, loc, line)
+        finally:
+            self.active.discard(id(node))
+
+    def _convert(self, node: yaml.Node, loc: Loc, line: int) -> Any:
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            kind = "map" if isinstance(node, yaml.MappingNode) else "seq"
+            if node.tag != f"tag:yaml.org,2002:{kind}":
+                return self._problem(
+                    loc, line, f"the tag {_quote(node.tag)} is not allowed"
+                )
+            if kind == "map":
+                return self._mapping(node, loc)
+            return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            return self._problem(loc, line, _yaml_problem(exc))
+
+    def _note(self, loc: Loc, line: int, message: str) -> None:
+        self.problems.append((line, f"{_dotted(loc)}: {message}" if loc else message))
+
+    def _problem(self, loc: Loc, line: int, message: str) -> None:
+        """Record a problem; the value at loc becomes None and is not judged."""
+        self._note(loc, line, message)
+        self.bad.add(loc)
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            key = self._key(key_node, loc, line)
+            if key is None:
+                continue
+            if key in first:
+                message = f"duplicate key {key!r} (first at line {first[key]})"
+                self._note((*loc, key), line, message)
+                continue
+            first[key] = line
+            self.lines[(*loc, key)] = line
+            result[key] = self.convert(value_node, (*loc, key))
+        return result
+
+    def _key(self, node: yaml.Node, loc: Loc, line: int) -> str | None:
+        if node.tag == "tag:yaml.org,2002:merge":
+            self._note(loc, line, "merge keys (<<) are not supported")
+            return None
+        try:
+            key = self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self._note(loc, line, _yaml_problem(exc))
+            return None
+        if not isinstance(key, str):
+            self._note(loc, line, f"the key {_quote(key, 60)} is not plain text")
+            return None
+        return key
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"{context}, {problem}" if context else problem
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return f"the value cannot be read: {text}"
+    return f"YAML syntax error: {text}"
+
+
+def _read_document(path: Path) -> tuple[_Document | None, list[_Problem]]:
+    """Parse path safely; return the document (if any) and the problems."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [(0, f"cannot read the file: {exc.strerror}")]
+    if len(raw) > MAX_CARD_BYTES:
+        return None, [(0, f"the file is larger than 1 MiB ({len(raw)} bytes)")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [
+            (line, f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x})")
+        ]
+    return _compose(text)
+
+
+def _compose(text: str) -> tuple[_Document | None, list[_Problem]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, [(1, "the file is empty; a VO card needs format and vo")]
+        converter = _Converter(loader)
+        data = converter.convert(node, ())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if mark is None:
+            return None, [(1, _yaml_problem(exc))]
+        return None, [
+            (mark.line + 1, f"column {mark.column + 1}: {_yaml_problem(exc)}")
+        ]
+    except yaml.YAMLError as exc:
+        return None, [(1, _yaml_problem(exc))]
+    except (_NodeBudgetError, RecursionError):
+        return None, [(1, "the document nests or repeats aliases too deeply")]
+    finally:
+        loader.dispose()
+
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else _quote(data, 60)
+        top = (node.start_mark.line + 1, f"the top level must be a mapping, not {kind}")
+        return None, [*converter.problems, top]
+    return _Document(data, converter.lines, converter.bad), converter.problems
+
+
+# ------------------------------------------------------------------ validation
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A card that passed its own checks, with where its keys are."""
+
+    path: Path
+    card: VoCard
+    lines: dict[Loc, int]
+
+    def line(self, loc: Loc) -> int:
+        return _line_of(self.lines, loc)
+
+
+def _line_of(lines: dict[Loc, int], loc: Loc) -> int:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _under(loc: Loc, bad: set[Loc]) -> bool:
+    return any(loc[:end] in bad for end in range(len(loc) + 1))
+
+
+def _validate(document: _Document) -> tuple[VoCard | None, list[_Problem]]:
+    sink: list[tuple[Loc, str]] = []
+    try:
+        card = VoCard.model_validate(document.data, context={"problems": sink})
+    except ValidationError as exc:
+        return None, [
+            (_line_of(document.lines, loc), f"{_dotted(loc)}: {_message(error)}")
+            for error in exc.errors()
+            if not _under(loc := tuple(error["loc"]), document.bad)
+        ]
+    problems = [
+        (_line_of(document.lines, loc), f"{_dotted(loc)}: {message}")
+        for loc, message in sink
+    ]
+    return (None if problems else card), problems
+
+
+_MESSAGES = {
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+    "model_type": "should be a mapping of keys",
+    "model_attributes_type": "should be a mapping of keys",
+    "dict_type": "should be a mapping of keys",
+    "tuple_type": "should be a list",
+    "list_type": "should be a list",
+    "string_type": "should be text",
+    "int_type": "should be a whole number",
+    "bool_type": "should be true or false",
+}
+
+# Errors whose input is absent or already quoted in the message.
+_QUIET = ("missing", "extra_forbidden", "value_error")
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    message = _MESSAGES.get(kind) or error["msg"].removeprefix("Value error, ")
+    message = message.rstrip(".")
+    if kind not in _QUIET:
+        message += f" (got {_quote(error['input'], 80)})"
+    return message
+
+
+def _load_one(path: Path) -> tuple[_Loaded | None, list[str]]:
+    """Return the card in path if it has no problem, and its problems in order."""
+    document, problems = _read_document(path)
+    card = None
+    if document is not None:
+        card, more = _validate(document)
+        problems = sorted([*problems, *more], key=lambda problem: problem[0])
+    lines = [
+        f"{path}:{line}: {message}." if line else f"{path}: {message}."
+        for line, message in problems
+    ]
+    if card is None or document is None or problems:
+        return None, lines
+    return _Loaded(path, card, document.lines), lines
+
+
+def _card_files(path: Path) -> tuple[list[Path], list[str]]:
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix in CARD_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+        if not files:
+            return [], [f"{path}: the directory holds no VO card (*.yaml, *.yml)."]
+        return files, []
+    if not path.exists():
+        return [], [f"{path}: no such file or directory."]
+    return [path], []
+
+
+def _cross_card_problems(loaded: list[_Loaded]) -> list[str]:
+    problems = []
+    vos: dict[str, _Loaded] = {}
+    pools: dict[str, tuple[_Loaded, Loc]] = {}
+    for item in loaded:
+        if item.card.vo in vos:
+            first = vos[item.card.vo]
+            problems.append(
+                f"{item.path}:{item.line(('vo',))}: vo: VO {item.card.vo!r} is "
+                f"already defined at {first.path}:{first.line(('vo',))}."
+            )
+        vos.setdefault(item.card.vo, item)
+        for index, entry in enumerate(item.card.extensions.poolmgr.pools):
+            loc: Loc = ("extensions", "poolmgr", "pools", index, "name")
+            if entry.name in pools and pools[entry.name][0] is not item:
+                other, other_loc = pools[entry.name]
+                problems.append(
+                    f"{item.path}:{item.line(loc)}: {_dotted(loc)}: pool name "
+                    f"{entry.name!r} is already declared at "
+                    f"{other.path}:{other.line(other_loc)}."
+                )
+            pools.setdefault(entry.name, (item, loc))
+    return problems
+
+
+def _load_all(path: Path) -> tuple[list[_Loaded], list[str]]:
+    files, problems = _card_files(path)
+    loaded = []
+    for file in files:
+        item, more = _load_one(file)
+        problems.extend(more)
+        if item is not None:
+            loaded.append(item)
+    problems.extend(_cross_card_problems(loaded))
+    return loaded, problems
+
+
+def check_cards(path: Path) -> list[str]:
+    """Return every problem of the card file or directory, one line each."""
+    return _load_all(path)[1]
+
+
+def load_card(path: Path) -> VoCard:
+    """Return the card in path; raise VoCardError listing all its problems."""
+    loaded, problems = _load_one(path)
+    if loaded is None or problems:
+        raise VoCardError("\n".join(problems))
+    return loaded.card
+
+
+def load_cards(path: Path) -> list[VoCard]:
+    """Return the cards of a file or directory, sorted by file name.
+
+    Raises VoCardError listing every problem of every file, including pool
+    names or VOs declared by two cards.
+    """
+    loaded, problems = _load_all(path)
+    if problems:
+        raise VoCardError("\n".join(problems))
+    return [item.card for item in loaded]
+
+
+def pool_rules(cards: Iterable[VoCard]) -> list[tuple[str, "FqanRule"]]:
+    """Return (pool name, rule) in routing order.
+
+    Cards come in the order given (file-name order from load_cards), pools in
+    card order, rules in the order the pool serves them.
+    """
+    from poolmgr.fqan import parse_rule
+
+    return [
+        (decl.name, parse_rule(text))
+        for card in cards
+        for decl in card.pools
+        for text in decl.serves
+    ]

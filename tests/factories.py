@@ -1,0 +1,106 @@
+"""Helpers that build pools and leases for tests."""
+
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+
+from poolmgr.db import unit_of_work
+from poolmgr.leases import Mapper, Mapping, MapRequest
+from poolmgr.models import Account, Lease
+from poolmgr.pools import PoolSpec, SyncResult, sync_pools
+from poolmgr.settings import Settings
+from poolmgr.timeutil import parse_time, utcnow
+
+
+def at(text: str) -> datetime:
+    """Parse an ISO 8601 UTC time for a test."""
+    return parse_time(text)
+
+
+def pool(name: str, vo: str, size: int, *serves: str) -> PoolSpec:
+    """A pool spec serving the given FQAN rules."""
+    return PoolSpec(name=name, vo=vo, serves=tuple(serves), accounts=size)
+
+
+def sync(
+    engine: Engine,
+    settings: Settings,
+    specs: list[PoolSpec],
+    now: datetime | None = None,
+) -> SyncResult:
+    """Run sync_pools in its own unit of work."""
+    with unit_of_work(engine) as session:
+        return sync_pools(session, settings, specs, now or utcnow())
+
+
+def map_dn(
+    engine: Engine,
+    settings: Settings,
+    dn: str,
+    *fqans: str,
+    now: datetime | None = None,
+    issuer: str | None = None,
+    verify: bool = False,
+) -> Mapping:
+    """Map dn with fqans through a fresh Mapper."""
+    request = MapRequest(dn=dn, fqans=tuple(fqans), issuer=issuer, verify=verify)
+    return Mapper(engine, settings).map(request, now=now)
+
+
+def open_leases(engine: Engine) -> list[Lease]:
+    """Return every open lease."""
+    with unit_of_work(engine, write=False) as session:
+        return list(session.scalars(select(Lease).where(Lease.open_marker == 1)))
+
+
+def all_leases(engine: Engine) -> list[Lease]:
+    """Return every lease, ended ones included, by id."""
+    with unit_of_work(engine, write=False) as session:
+        return list(session.scalars(select(Lease).order_by(Lease.id)))
+
+
+def set_last_use(engine: Engine, account: str, when: datetime) -> None:
+    """Backdate the last use of the open lease on account."""
+    with unit_of_work(engine) as session:
+        account_id = session.scalar(select(Account.id).where(Account.name == account))
+        session.execute(
+            update(Lease)
+            .where(Lease.account_id == account_id, Lease.open_marker == 1)
+            .values(last_used_at=when)
+        )
+
+
+def invariant_violations(engine: Engine) -> list[str]:
+    """Return descriptions of broken lease invariants (empty when sound)."""
+    from sqlalchemy import func
+
+    problems = []
+    with unit_of_work(engine, write=False) as session:
+        doubled_accounts = session.execute(
+            select(Lease.account_id, func.count())
+            .where(Lease.ended_at.is_(None))
+            .group_by(Lease.account_id)
+            .having(func.count() > 1)
+        ).all()
+        doubled_persons = session.execute(
+            select(Lease.identity_id, Lease.pool_id, func.count())
+            .where(Lease.ended_at.is_(None))
+            .group_by(Lease.identity_id, Lease.pool_id)
+            .having(func.count() > 1)
+        ).all()
+        state_mismatch = session.execute(
+            select(Account.name)
+            .outerjoin(
+                Lease, (Lease.account_id == Account.id) & (Lease.open_marker == 1)
+            )
+            .where(
+                ((Account.state == "leased") & Lease.id.is_(None))
+                | ((Account.state != "leased") & Lease.id.is_not(None))
+            )
+        ).all()
+    problems += [f"account {a} has {n} open leases" for a, n in doubled_accounts]
+    problems += [
+        f"identity {i} has {n} open leases in pool {p}" for i, p, n in doubled_persons
+    ]
+    problems += [f"account {a} state disagrees with leases" for (a,) in state_mismatch]
+    return problems

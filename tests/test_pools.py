@@ -1,0 +1,224 @@
+"""Sync: pools and accounts follow the VO cards, leased accounts are safe."""
+
+import pytest
+from sqlalchemy import select
+
+from poolmgr import nss
+from poolmgr.db import unit_of_work
+from poolmgr.errors import ConflictError, PoolExhaustedError
+from poolmgr.models import Account, Pool, PoolRule
+from poolmgr.routing import Router
+from poolmgr.views import pool_summaries
+from tests.conftest import make_settings
+from tests.factories import map_dn, pool, sync
+
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+
+
+def accounts(engine, pool_name: str) -> dict[str, str]:
+    with unit_of_work(engine, write=False) as session:
+        rows = session.execute(
+            select(Account.name, Account.state).join(Pool).where(Pool.name == pool_name)
+        ).all()
+    return dict(rows)
+
+
+def test_sync_creates_pools_accounts_and_rules(engine, site):
+    result = sync(engine, site, [pool("atlas", "atlas", 3, "/atlas", "/atlas/*")])
+    kinds = [change.kind for change in result.changes]
+    assert kinds == ["pool_created", "accounts_added", "rules_replaced"]
+    assert accounts(engine, "atlas") == {
+        "atlas001": "free",
+        "atlas002": "free",
+        "atlas003": "free",
+    }
+    with unit_of_work(engine, write=False) as session:
+        router = Router.load(session)
+    assert [(r.pool, r.rule.text) for r in router.routes] == [
+        ("atlas", "/atlas"),
+        ("atlas", "/atlas/*"),
+    ]
+
+
+def test_sync_twice_changes_nothing(engine, site):
+    specs = [pool("atlas", "atlas", 3, "/atlas"), pool("cms", "cms", 2, "/cms")]
+    sync(engine, site, specs)
+    assert sync(engine, site, specs).changes == []
+
+
+def test_uids_follow_the_pool_block_and_pools_do_not_overlap(engine, site):
+    sync(
+        engine,
+        site,
+        [pool("atlas", "atlas", 3, "/atlas"), pool("cms", "cms", 2, "/cms")],
+    )
+    with unit_of_work(engine, write=False) as session:
+        rows = dict(session.execute(select(Account.name, Account.uid)).all())
+        pools = {p.name: p for p in session.scalars(select(Pool))}
+    assert rows["atlas001"] == 100_001
+    assert rows["cms001"] == 101_001
+    assert pools["atlas"].gid != pools["cms"].gid
+
+
+def test_site_config_sets_pool_parameters_and_overrides_size(engine):
+    settings = make_settings(
+        pools={
+            "atlasprd": {
+                "prefix": "atlprd",
+                "digits": 2,
+                "first_uid": 50500,
+                "group": "atlasprd",
+                "gid": 2689,
+                "size": 4,
+            }
+        }
+    )
+    sync(engine, settings, [pool("atlasprd", "atlas", 20, "/atlas/Role=production")])
+    with unit_of_work(engine, write=False) as session:
+        (summary,) = pool_summaries(session)
+        uid = session.scalar(select(Account.uid).where(Account.name == "atlprd04"))
+    assert (summary.declared, summary.size, summary.free) == (20, 4, 4)
+    assert (summary.gid, summary.group, uid) == (2689, "atlasprd", 50504)
+
+
+def test_growing_adds_accounts_and_shrinking_retires_only_free_ones(engine, site):
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas")
+    map_dn(engine, site, "/DC=org/DC=example/CN=Kim", "/atlas")
+    map_dn(engine, site, "/DC=org/DC=example/CN=Lee", "/atlas")
+    result = sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    assert accounts(engine, "atlas") == {
+        "atlas001": "leased",
+        "atlas002": "leased",
+        "atlas003": "leased",
+    }
+    assert "2 leased surplus account(s) kept" in result.warnings[0]
+    sync(engine, site, [pool("atlas", "atlas", 5, "/atlas")])
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    assert accounts(engine, "atlas") == {
+        "atlas001": "leased",
+        "atlas002": "leased",
+        "atlas003": "leased",
+        "atlas004": "retired",
+        "atlas005": "retired",
+    }
+
+
+def test_retired_accounts_come_back_when_the_pool_grows(engine, site):
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    result = sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    assert [c.kind for c in result.changes] == ["pool_resized", "accounts_restored"]
+    assert set(accounts(engine, "atlas").values()) == {"free"}
+
+
+def test_a_pool_missing_from_the_cards_is_retired_and_stops_routing(engine, site):
+    sync(
+        engine,
+        site,
+        [pool("atlas", "atlas", 2, "/atlas"), pool("cms", "cms", 2, "/cms")],
+    )
+    map_dn(engine, site, JANE, "/cms")
+    result = sync(engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    assert ("pool_retired", "cms") in [(c.kind, c.pool) for c in result.changes]
+    assert accounts(engine, "cms") == {"cms001": "leased", "cms002": "retired"}
+    with unit_of_work(engine, write=False) as session:
+        assert {r.rule for r in session.scalars(select(PoolRule))} == {"/atlas"}
+
+
+def test_renumbering_a_pool_with_accounts_is_refused(engine):
+    sync(engine, make_settings(), [pool("atlas", "atlas", 2, "/atlas")])
+    moved = make_settings(pools={"atlas": {"first_uid": 60000}})
+    with pytest.raises(ConflictError, match="does not renumber"):
+        sync(engine, moved, [pool("atlas", "atlas", 2, "/atlas")])
+
+
+def test_overlapping_uid_blocks_are_refused_and_nothing_changes(engine):
+    settings = make_settings(
+        pools={"atlas": {"first_uid": 50000}, "cms": {"first_uid": 50500}}
+    )
+    with pytest.raises(ConflictError, match="overlaps pool"):
+        sync(
+            engine,
+            settings,
+            [pool("atlas", "atlas", 2, "/atlas"), pool("cms", "cms", 2, "/cms")],
+        )
+    with unit_of_work(engine, write=False) as session:
+        assert session.scalars(select(Pool)).all() == []
+
+
+def test_a_pool_larger_than_its_digits_allow_is_refused(engine):
+    settings = make_settings(pools={"ops": {"digits": 1}})
+    with pytest.raises(ConflictError, match="cannot hold 12 accounts with 1 digits"):
+        sync(engine, settings, [pool("ops", "ops", 12, "/ops")])
+
+
+class TestNss:
+    """F15: definitions that clash with the host's NSS are refused or skipped."""
+
+    @pytest.fixture(autouse=True)
+    def _fake_nss(self, monkeypatch):
+        import grp
+        import pwd
+
+        users = {"oldacct": 50502, "atlas006": 60006, "atlas008": 60008}
+        groups = {2689: "dteamprd"}
+
+        def fetch(kind, key):
+            if kind == "passwd" and key in users:
+                return pwd.struct_passwd(
+                    (key, "x", users[key], 2000, "", "/", "/bin/sh")
+                )
+            if kind == "uid":
+                name = next((n for n, u in users.items() if u == int(key)), None)
+                return (
+                    pwd.struct_passwd((name, "x", int(key), 2000, "", "/", "/bin/sh"))
+                    if name
+                    else None
+                )
+            if kind == "gid" and int(key) in groups:
+                return grp.struct_group((groups[int(key)], "x", int(key), []))
+            return None
+
+        monkeypatch.setattr(nss, "_fetch", fetch)
+        nss.clear_cache()
+        yield
+        nss.clear_cache()
+
+    def test_gid_name_mismatch_and_uid_collision_are_both_named(self, engine):
+        settings = make_settings(
+            check_nss=True,
+            pools={
+                "atlasprd": {
+                    "first_uid": 50500,
+                    "group": "atlasprd",
+                    "gid": 2689,
+                    "digits": 2,
+                }
+            },
+        )
+        with pytest.raises(ConflictError) as info:
+            sync(
+                engine,
+                settings,
+                [pool("atlasprd", "atlas", 3, "/atlas/Role=production")],
+            )
+        message = str(info.value)
+        assert "gid 2689 is 'dteamprd' on this host, not 'atlasprd'" in message
+        assert "uid 50502 of atlasprd02 belongs to oldacct" in message
+
+    def test_unresolvable_account_is_skipped_and_never_leased(self, engine, caplog):
+        settings = make_settings(
+            check_nss=True, pools={"atlas": {"first_uid": 60000, "digits": 3}}
+        )
+        sync(engine, settings, [pool("atlas", "atlas", 8, "/atlas")])
+        with unit_of_work(engine) as session:
+            for account in session.scalars(select(Account)):
+                if account.number < 6:
+                    account.state = "retired"
+        map_dn(engine, settings, "/DC=org/DC=example/CN=Other", "/atlas")
+        jane = map_dn(engine, settings, JANE, "/atlas")
+        assert jane.account == "atlas008"
+        assert "account atlas007 does not resolve" in caplog.text
+        with pytest.raises(PoolExhaustedError):
+            map_dn(engine, settings, "/DC=org/DC=example/CN=Kim Sample", "/atlas")

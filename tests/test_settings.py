@@ -1,0 +1,91 @@
+"""Site configuration: defaults, overrides and one-line errors."""
+
+import pytest
+
+from poolmgr import settings as settings_module
+from poolmgr.errors import ConfigError
+from poolmgr.settings import load_settings
+
+
+def test_without_a_file_the_defaults_apply(tmp_path, monkeypatch):
+    monkeypatch.setattr(settings_module.os, "geteuid", lambda: 1000)
+    settings = load_settings()
+    assert settings.source == "(defaults)"
+    assert str(settings.quiet) == "6 months"
+    assert settings.database_url() == (
+        f"sqlite:///{tmp_path / 'state' / 'poolmgr' / 'poolmgr.db'}"
+    )
+
+
+def test_root_gets_the_system_state_directory(monkeypatch, tmp_path):
+    monkeypatch.setattr(settings_module.os, "geteuid", lambda: 0)
+    assert load_settings().database_url() == (
+        f"sqlite:///{tmp_path / 'var-lib' / 'poolmgr.db'}"
+    )
+
+
+def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
+    path = tmp_path / "site.yaml"
+    path.write_text("database: sqlite:///from-file.db\nquiet_period: 200 days\n")
+    monkeypatch.setenv("POOLMGR_CONFIG", str(path))
+    assert load_settings().database == "sqlite:///from-file.db"
+    monkeypatch.setenv("POOLMGR_DATABASE_URL", "sqlite:///from-env.db")
+    assert load_settings().database == "sqlite:///from-env.db"
+    assert load_settings(database="sqlite:///from-option.db").database == (
+        "sqlite:///from-option.db"
+    )
+    assert load_settings().quiet_period == "200 days"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "quiet_period: 0 days\n",
+            "quiet_period: the quiet period must be longer than zero",
+        ),
+        ("quiet_period: soon\n", "quiet_period: Duration 'soon' is not understood"),
+        ("qiet_period: 6 months\n", "qiet_period: unknown key"),
+        (
+            "pools:\n  atlas:\n    digits: 12\n",
+            "pools.atlas.digits: Input should be less",
+        ),
+        (
+            "pools:\n  atlas:\n    prefix: 'bad prefix'\n",
+            "pools.atlas.prefix: String should match",
+        ),
+        ("syslog:\n  facility: nowhere\n", "syslog.facility: unknown syslog facility"),
+        ("- a list\n", "the configuration must be a mapping"),
+        ("key: [unclosed\n", "line 2: "),
+    ],
+    ids=[
+        "zero-quiet",
+        "bad-duration",
+        "typo-key",
+        "digits",
+        "prefix",
+        "facility",
+        "not-mapping",
+        "yaml-syntax",
+    ],
+)
+def test_bad_configuration_names_file_key_and_problem(tmp_path, text, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_an_explicit_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_a_binary_file_is_rejected(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path)

@@ -1,0 +1,49 @@
+"""Time parsing and calendar quiet-period arithmetic."""
+
+import pytest
+
+from poolmgr.errors import BadInputError
+from poolmgr.timeutil import Duration, format_time, parse_time
+
+
+@pytest.mark.parametrize(
+    ("start", "period", "end"),
+    [
+        ("2024-08-31T12:00:00Z", "6 months", "2025-02-28T12:00:00Z"),
+        ("2023-08-31T12:00:00Z", "6 months", "2024-02-29T12:00:00Z"),
+        ("2024-02-29T00:00:00Z", "1 year", "2025-02-28T00:00:00Z"),
+        ("2024-12-31T23:59:59Z", "183 days", "2025-07-02T23:59:59Z"),
+        ("2025-01-15T00:00:00Z", "6 months 1 day", "2025-07-16T00:00:00Z"),
+    ],
+    ids=["month-end", "leap-feb", "leap-day", "days", "mixed"],
+)
+def test_quiet_period_follows_the_calendar(start, period, end):
+    assert Duration.parse(period).after(parse_time(start)) == parse_time(end)
+
+
+@pytest.mark.parametrize(
+    "start",
+    ["2024-08-31T00:00:00Z", "2024-08-28T00:00:00Z", "2023-08-30T10:00:00Z"],
+)
+def test_safe_cutoff_never_excludes_an_eligible_start(start):
+    period = Duration.parse("6 months")
+    boundary = period.after(parse_time(start))
+    assert parse_time(start) <= period.safe_cutoff(boundary)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "6", "months", "6 fortnights", "-1 day", "6 months; drop"]
+)
+def test_bad_durations_are_rejected(text):
+    with pytest.raises(BadInputError):
+        Duration.parse(text)
+
+
+def test_times_need_a_zone_and_come_back_in_utc():
+    assert (
+        format_time(parse_time("2025-03-01T16:00:00+02:00")) == "2025-03-01T14:00:00Z"
+    )
+    with pytest.raises(BadInputError, match="has no zone"):
+        parse_time("2025-03-01T14:00:00")
+    with pytest.raises(BadInputError, match="not ISO 8601"):
+        parse_time("yesterday")
