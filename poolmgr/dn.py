@@ -18,7 +18,9 @@ Forms read (F01, F02):
 Comparison (F03): attribute types by canonical name, values by their NFC
 casefolded text, surrounding spaces (escaped or not) never count, and the
 order of types inside a multi-valued RDN never counts. X.501 wants distinct
-types inside one RDN and no empty values, so both are rejected.
+types inside one RDN and no empty values, so both are rejected. The key is the
+canonical slash form of the folded values; identities store it, so changing
+how it is built needs a data migration.
 
 Proxy RDNs (F04): a last RDN `CN=proxy` or `CN=limited proxy` is always
 stripped. A last RDN of digits is stripped only when an issuer is given and
@@ -29,7 +31,8 @@ issuer's own issuer is not in the request; it is taken to be the issuer
 without its last RDN, i.e. the chain is read as proxies of proxies, so that
 `EEC/CN=123/CN=456` issued by `EEC/CN=123` becomes EEC. The price: an
 end-entity DN that itself ends in a numeric CN loses that CN when seen
-through a proxy; such DNs are ambiguous without the full chain.
+through a proxy; such DNs are ambiguous without the full chain. The issuer is
+read as written, never stripped, and strip_proxy=False reads any DN so.
 """
 
 import re
@@ -150,8 +153,14 @@ def _parse_cached(
     rdns = _parse_rdns(text)
     if not strip_proxy:
         return DistinguishedName(rdns)
-    issuer_rdns = None if issuer is None else _parse_rdns(issuer)
-    return DistinguishedName(_strip_proxy_rdns(rdns, issuer_rdns, text))
+    anchor = None if issuer is None else _issuer_keys(issuer)
+    return DistinguishedName(_strip_proxy_rdns(rdns, anchor, text))
+
+
+@lru_cache(maxsize=1024)
+def _issuer_keys(issuer: str) -> tuple[Rdn, ...]:
+    # Fresh proxies defeat the cache above; their issuers repeat.
+    return _rdn_keys(_parse_rdns(issuer))
 
 
 def _parse_rdns(text: str) -> tuple[Rdn, ...]:
@@ -428,25 +437,29 @@ def _finish_rdn(pairs: list[list[str]], text: str) -> Rdn:
 
 
 def _strip_proxy_rdns(
-    rdns: tuple[Rdn, ...], issuer: tuple[Rdn, ...] | None, text: str
+    rdns: tuple[Rdn, ...], anchor: tuple[Rdn, ...] | None, text: str
 ) -> tuple[Rdn, ...]:
-    anchor = None if issuer is None else _rdn_keys(issuer)
-    while rdns:
-        kind = _proxy_kind(rdns[-1])
+    """Strip proxy RDNs; anchor is the issuer's RDNs with values folded."""
+    folded = _rdn_keys(rdns) if anchor is not None else ()
+    end = len(rdns)
+    while end:
+        kind = _proxy_kind(rdns[end - 1])
         if kind is None:
             break
         if kind == "digits":
             if anchor is None:
-                raise _bad(text, "ends in a numeric CN; issuer needed to tell a proxy")
-            if _rdn_keys(rdns[:-1]) != anchor:
+                raise _bad(
+                    text, "ends in a numeric CN that may be a proxy's; issuer needed"
+                )
+            if folded[: end - 1] != anchor:
                 break
-        rdns = rdns[:-1]
-        if anchor is not None and _rdn_keys(rdns) == anchor:
+        end -= 1
+        if anchor is not None and folded[:end] == anchor:
             # Cut back to the issuer: its issuer is read as one RDN shorter.
             anchor = anchor[:-1]
-    if not rdns:
+    if not end:
         raise _bad(text, "has nothing left once its proxy RDNs are stripped")
-    return rdns
+    return rdns[:end]
 
 
 def _proxy_kind(rdn: Rdn) -> str | None:

@@ -41,6 +41,7 @@ from defusedxml import ElementTree as SafeET
 from pydantic import ValidationError
 
 from poolmgr.errors import BadInputError, PoolmgrError, VoCardError
+from poolmgr.fqan import parse_fqan
 from poolmgr.vocards import (
     CARD_SUFFIXES,
     FORMAT,
@@ -334,8 +335,6 @@ def _servers(source: _Source, skipped: list[str]) -> list[dict[str, Any]]:
 
 
 def _published(source: _Source, skipped: list[str]) -> list[dict[str, Any]]:
-    from poolmgr.fqan import parse_fqan
-
     published: list[dict[str, Any]] = []
     seen: set[str] = set()
     for text, group_type, description in source.fqans:

@@ -360,13 +360,8 @@ def _replace_rules(
     session.flush()
     for position, (pool_id, rule) in enumerate(wanted, start=1):
         session.add(PoolRule(position=position, pool_id=pool_id, rule=rule))
-    names = {pool.id: pool.name for pool in pools}
     result.changes.append(
-        Change(
-            "rules_replaced",
-            "*",
-            "; ".join(f"{rule}->{names[pid]}" for pid, rule in wanted) or "none",
-        )
+        Change("rules_replaced", "*", f"{len(wanted)} rule(s), was {len(current)}")
     )
 
 

@@ -20,23 +20,31 @@ checks each one exactly, so its cost and memory do not grow with history.
 import logging
 import os
 import pwd
-import signal
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, cast
 
-from sqlalchemy import Engine, Row, Select, and_, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Row,
+    Select,
+    Update,
+    and_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from poolmgr import events
 from poolmgr.db import is_sqlite, unit_of_work
-from poolmgr.errors import BadInputError, NoLeaseError, NotFoundError, PolicyError
+from poolmgr.errors import BadInputError, NotFoundError, PolicyError
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.settings import Settings
+from poolmgr.site_commands import CommandResult, Runner, run_command
 from poolmgr.timeutil import Duration, format_time, utcnow
 
 logger = logging.getLogger(__name__)
@@ -45,10 +53,8 @@ QUIET_PERIOD = "quiet_period"
 OVERRIDE = "override"
 OUT_OF_SERVICE = "cleaning"
 FAILURES = frozenset({"cleanup_failed", "check_failed"})
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_REASON = 2000
 _BATCH = 200
-_OUTPUT_TAIL = 400
 
 
 def default_actor() -> str:
@@ -87,11 +93,11 @@ class Target:
     account: str
     uid: int
     pool: str
-    lease_id: int | None
-    identity_id: int | None
-    dn: str | None
-    last_use: datetime | None
     reason: str
+    lease_id: int | None = None
+    identity_id: int | None = None
+    dn: str | None = None
+    last_use: datetime | None = None
     retry: bool = False
 
 
@@ -122,71 +128,18 @@ class Outcome:
         return events.format_fields(self.action, fields).removeprefix("event=")
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    """How a site command ended: its exit status (None if it never finished)."""
-
-    status: int | None
-    output: str
-    problem: str | None = None
-
-    def describe(self) -> str:
-        """Return a one-line account of the result, with the output's tail."""
-        what = self.problem or f"exit status {self.status}"
-        return f"{what}: {self.output}" if self.output else what
-
-
-Runner = Callable[[Sequence[str], Target, str, int], CommandResult]
-
-
-def run_command(
-    argv: Sequence[str], target: Target, purpose: str, timeout: int
-) -> CommandResult:
-    """Run argv plus the account name, details in the environment; never a shell.
-
-    The command runs in its own session, so a timeout kills it and every
-    process it started. Output goes to a temporary file, of which only the
-    tail is kept for the report.
-    """
-    with tempfile.TemporaryFile() as output:
-        try:
-            proc = subprocess.Popen(
-                [*argv, target.account],
-                env=command_environment(target, purpose),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return CommandResult(None, "", f"cannot run {argv[0]}: {exc.strerror}")
-        try:
-            status: int | None = proc.wait(timeout=timeout)
-            problem = None
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            status, problem = None, f"timed out after {timeout} s"
-        return CommandResult(status, _tail(output), problem)
-
-
-def command_environment(target: Target, purpose: str) -> dict[str, str]:
-    """Return the environment of a site command: a plain PATH and POOLMGR_*."""
-    values = {
-        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
-        "LC_ALL": "C",
+def command_variables(target: Target, purpose: str) -> dict[str, str]:
+    """Return the POOLMGR_* variables that describe target to a site command."""
+    return {
         "POOLMGR_ACTION": purpose,
         "POOLMGR_ACCOUNT": target.account,
         "POOLMGR_UID": str(target.uid),
         "POOLMGR_POOL": target.pool,
         "POOLMGR_DN": target.dn or "",
         "POOLMGR_LEASE_ID": "" if target.lease_id is None else str(target.lease_id),
-        "POOLMGR_LAST_USE": ""
-        if target.last_use is None
-        else format_time(target.last_use),
+        "POOLMGR_LAST_USE": format_time(target.last_use) if target.last_use else "",
         "POOLMGR_REASON": target.reason,
     }
-    return {key: value.replace("\0", "") for key, value in values.items()}
 
 
 class Recycler:
@@ -209,7 +162,7 @@ class Recycler:
     def run(
         self, now: datetime | None = None, *, dry_run: bool = False
     ) -> Iterator[Outcome]:
-        """Retry accounts out of service, then recycle every lease past its quiet period.
+        """Retry accounts out of service, then recycle leases past the quiet period.
 
         Yields one Outcome per action as it happens. A dry run yields the plan
         (``would_retry``, ``would_recycle``), runs no command and changes nothing.
@@ -228,7 +181,7 @@ class Recycler:
     def force(
         self,
         account: str,
-        reason: str,
+        reason: str | None,
         *,
         ignore_in_use: bool = False,
         now: datetime | None = None,
@@ -252,7 +205,7 @@ class Recycler:
                     f"Account {account!r} is in use ({busy}); add --ignore-in-use "
                     "to recycle it anyway."
                 )
-        ended = self._end(target, now, note=reason, ignore_in_use=ignore_in_use)
+        ended = self._end(target, now, override=reason, ignore_in_use=ignore_in_use)
         if ended is None:
             raise PolicyError(f"Account {account!r} has no open lease any more.")
         return [Outcome(OVERRIDE, ended, reason), self._clean(ended)]
@@ -276,7 +229,7 @@ class Recycler:
         command = self.settings.recycle.in_use_command
         if command is None:
             return None
-        result = self.runner(command, target, "in-use-check", self._timeout)
+        result = self._run(command, target, "in-use-check")
         if result.status == 1:
             return None
         if result.status == 0:
@@ -288,32 +241,35 @@ class Recycler:
         target: Target,
         now: datetime,
         *,
-        note: str | None = None,
+        override: str | None = None,
         ignore_in_use: bool = False,
     ) -> Target | None:
         """End the target's lease and take the account out of service; commit.
 
         The lease is read again under lock: a mapping since the plan was made
         may have refreshed its last use, and then a periodic run leaves it.
+        An override (its reason given) ends it regardless and waives the
+        quiet period.
         """
-        override = note is not None
         with unit_of_work(self.engine) as session:
             lease = self._lock_open_lease(session, target.lease_id)
             if lease is None:
                 return None
-            if not override and not is_quiet_over(self.quiet, lease.last_used_at, now):
+            if override is None and not is_quiet_over(
+                self.quiet, lease.last_used_at, now
+            ):
                 return None
             ended = replace(target, last_use=lease.last_used_at)
-            if override:
-                self._record_override(session, ended, note, ignore_in_use)
+            if override is not None:
+                self._record_override(session, ended, override, ignore_in_use)
             end_lease(
                 session,
                 lease,
                 reason=target.reason,
                 actor=self.actor,
                 now=now,
-                note=note,
-                waive_quiet=override,
+                note=override,
+                waive_quiet=override is not None,
             )
             account = session.get(Account, lease.account_id)
             assert account is not None
@@ -325,7 +281,7 @@ class Recycler:
         command = self.settings.recycle.cleanup_command
         result = CommandResult(0, "")
         if command is not None:
-            result = self.runner(command, target, "cleanup", self._timeout)
+            result = self._run(command, target, "cleanup")
         note = "retried after a failed cleanup" if target.retry else ""
         with unit_of_work(self.engine) as session:
             if result.status != 0:
@@ -333,11 +289,12 @@ class Recycler:
                 self._record(session, target, "cleanup_failed", reason=detail)
                 logger.error("cleanup failed account=%s %s", target.account, detail)
                 return Outcome("cleanup_failed", target, detail)
-            freed = session.execute(
+            freed = _changed(
+                session,
                 update(Account)
                 .where(Account.id == target.account_id, Account.state == OUT_OF_SERVICE)
-                .values(state="free")
-            ).rowcount
+                .values(state="free"),
+            )
             if not freed:
                 return Outcome("skipped", target, "no longer out of service")
             self._record(session, target, "recycled", end_reason=target.reason)
@@ -425,46 +382,10 @@ class Recycler:
                 return
             after = batch[-1].account_id
 
-    @property
-    def _timeout(self) -> int:
-        return self.settings.recycle.command_timeout
-
-
-@dataclass(frozen=True)
-class TouchResult:
-    """The use recorded on an account's open lease."""
-
-    account: str
-    lease_id: int
-    dn: str
-    last_used_at: datetime
-    changed: bool
-
-
-def touch_account(session: Session, name: str, now: datetime) -> TouchResult:
-    """Record a use of the account's open lease: last use becomes max(old, now).
-
-    Raises NotFoundError for an unknown account and NoLeaseError when the
-    account has no open lease. Records no event (a use is not a state change).
-    """
-    account_id = session.scalar(select(Account.id).where(Account.name == name))
-    if account_id is None:
-        raise NotFoundError(f"No pool account named {name[:64]!r}.")
-    row = session.execute(
-        _target_select().where(Lease.open_account_id == account_id)
-    ).first()
-    if row is None:
-        raise NoLeaseError(f"Account {name!r} has no open lease to record a use on.")
-    changed = session.execute(
-        update(Lease)
-        .where(Lease.id == row.lease_id, Lease.last_used_at < now)
-        .values(last_used_at=now)
-    ).rowcount
-    last = now if changed else row.last_used_at
-    events.queue_log(
-        session, logging.DEBUG, "use", account=name, dn=row.dn, lease_id=row.lease_id
-    )
-    return TouchResult(name, row.lease_id, row.dn, last, bool(changed))
+    def _run(self, command: list[str], target: Target, purpose: str) -> CommandResult:
+        argv = [*command, target.account]
+        variables = command_variables(target, purpose)
+        return self.runner(argv, variables, self.settings.recycle.command_timeout)
 
 
 def check_reason(reason: str | None) -> str:
@@ -485,7 +406,7 @@ def check_actor(actor: str) -> str:
     return name
 
 
-def _target_select() -> Select:  # type: ignore[type-arg]
+def _target_select() -> Select[*tuple[Any, ...]]:
     return (
         select(
             Lease.id.label("lease_id"),
@@ -504,7 +425,9 @@ def _target_select() -> Select:  # type: ignore[type-arg]
     )
 
 
-def _due_batch(cutoff: datetime, after: tuple[datetime, int] | None) -> Select:  # type: ignore[type-arg]
+def _due_batch(
+    cutoff: datetime, after: tuple[datetime, int] | None
+) -> Select[*tuple[Any, ...]]:
     stmt = _target_select().where(Lease.open_marker == 1, Lease.last_used_at <= cutoff)
     if after is not None:
         stmt = stmt.where(
@@ -533,25 +456,13 @@ def _out_of_service_batch(session: Session, after: int) -> list[Target]:
             .limit(1)
         ).first()
         if row is None:
-            bare = Target(
-                account.id,
-                account.name,
-                account.uid,
-                account.pool,
-                None,
-                None,
-                None,
-                None,
-                "",
-                retry=True,
-            )
-            targets.append(bare)
+            targets.append(Target(*account, reason="", retry=True))
         else:
             targets.append(_target(row, row.end_reason or "", retry=True))
     return targets
 
 
-def _target(row: Row[Any], reason: str, *, retry: bool = False) -> Target:
+def _target(row: Row[*tuple[Any, ...]], reason: str, *, retry: bool = False) -> Target:
     return Target(
         account_id=row.account_id,
         account=row.account,
@@ -566,7 +477,6 @@ def _target(row: Row[Any], reason: str, *, retry: bool = False) -> Target:
     )
 
 
-def _tail(handle: BinaryIO) -> str:
-    size = handle.seek(0, os.SEEK_END)
-    handle.seek(max(0, size - _OUTPUT_TAIL))
-    return " ".join(handle.read().decode("utf-8", "replace").split())
+def _changed(session: Session, statement: Update) -> int:
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount

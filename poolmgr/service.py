@@ -76,9 +76,7 @@ class AccessPolicy:
     uids: frozenset[int]
     gid: int | None = None
 
-    def allows(
-        self, peer: Peer, groups: Callable[[], Collection[int]] = tuple
-    ) -> bool:
+    def allows(self, peer: Peer, groups: Callable[[], Collection[int]] = tuple) -> bool:
         """Return whether peer may connect; groups() is asked only if needed."""
         if peer.uid in self.uids:
             return True
@@ -273,9 +271,7 @@ class _Connection:
         return bool(data)
 
     def _refuse_oversize(self) -> None:
-        logger.warning(
-            "%s", format_fields("service_refused", {"code": "BAD_REQUEST"})
-        )
+        logger.warning("%s", format_fields("service_refused", {"code": "BAD_REQUEST"}))
         self.send(
             protocol.format_error(
                 "BAD_REQUEST",

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from poolmgr.dn import parse_dn
 from poolmgr.errors import NotFoundError
 from poolmgr.identities import find_identity
-from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.models import Account, Identity, Lease, Pool, PoolRule
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,23 @@ def _row(lease: Lease, account: str, pool: str, dn: str) -> LeaseRow:
         ended_by=lease.ended_by,
         end_note=lease.end_note,
     )
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """One routing rule, in evaluation order."""
+
+    position: int
+    rule: str
+    pool: str
+    vo: str
+
+
+def list_rules(session: Session) -> list[RuleRow]:
+    """Return the routing table in the order rules are tried."""
+    rows = session.execute(
+        select(PoolRule.position, PoolRule.rule, Pool.name, Pool.vo)
+        .join(Pool, Pool.id == PoolRule.pool_id)
+        .order_by(PoolRule.position)
+    )
+    return [RuleRow(*row) for row in rows]

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,9 +27,7 @@ from pydantic import (
 )
 
 from poolmgr.errors import BadInputError, VoCardError
-
-if TYPE_CHECKING:
-    from poolmgr.fqan import FqanRule
+from poolmgr.fqan import FqanRule, parse_fqan, parse_rule
 
 FORMAT = "poolmgr-vocard/1"
 MAX_CARD_BYTES = 1024 * 1024
@@ -99,8 +97,6 @@ def _check_dn(value: str) -> str:
 
 
 def _check_fqan(value: str) -> str:
-    from poolmgr.fqan import parse_fqan
-
     try:
         parse_fqan(value)
     except BadInputError as exc:
@@ -109,8 +105,6 @@ def _check_fqan(value: str) -> str:
 
 
 def _check_rule(value: str) -> str:
-    from poolmgr.fqan import parse_rule
-
     try:
         parse_rule(value)
     except BadInputError as exc:
@@ -211,6 +205,8 @@ class VoCard(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self, info: ValidationInfo) -> "VoCard":
+        # A loader passes a list in the context to get every problem with its
+        # own key (and so its line); direct callers get one ValidationError.
         problems = card_problems(self)
         sink = (info.context or {}).get("problems")
         if sink is not None:
@@ -230,8 +226,6 @@ def card_problems(card: VoCard) -> list[tuple[Loc, str]]:
 
 
 def _published_problems(card: VoCard) -> list[tuple[Loc, str]]:
-    from poolmgr.fqan import parse_fqan
-
     problems: list[tuple[Loc, str]] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(card.fqans):
@@ -283,8 +277,6 @@ def _pool_problems(card: VoCard) -> list[tuple[Loc, str]]:
 
 
 def _rule_problems(vo: str, entry: PoolEntry, loc: Loc) -> list[tuple[Loc, str]]:
-    from poolmgr.fqan import parse_rule
-
     problems: list[tuple[Loc, str]] = []
     seen: dict[tuple[object, ...], int] = {}
     for index, text in enumerate(entry.serves):
@@ -627,14 +619,12 @@ def load_cards(path: Path) -> list[VoCard]:
     return [item.card for item in loaded]
 
 
-def pool_rules(cards: Iterable[VoCard]) -> list[tuple[str, "FqanRule"]]:
+def pool_rules(cards: Iterable[VoCard]) -> list[tuple[str, FqanRule]]:
     """Return (pool name, rule) in routing order.
 
     Cards come in the order given (file-name order from load_cards), pools in
     card order, rules in the order the pool serves them.
     """
-    from poolmgr.fqan import parse_rule
-
     return [
         (decl.name, parse_rule(text))
         for card in cards

@@ -17,6 +17,7 @@ import typer  # noqa: E402
 
 from poolmgr import __version__  # noqa: E402
 from poolmgr.cli import db as db_cli  # noqa: E402
+from poolmgr.cli import service as service_cli  # noqa: E402
 from poolmgr.cli import lease, pool, vocard  # noqa: E402
 from poolmgr.cli.state import state  # noqa: E402
 from poolmgr.errors import INTERNAL_ERROR_EXIT, PoolmgrError  # noqa: E402
@@ -72,13 +73,16 @@ lease.register(app)
 pool.register(app)
 app.add_typer(vocard.app, name="vocards")
 app.add_typer(db_cli.app, name="db")
+service_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and turn every failure into one line and an exit code."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="poolmgr", standalone_mode=False)
+        # Without standalone mode Click returns typer.Exit's code instead of
+        # raising it, so the return value is the exit status.
+        status = command.main(args=argv, prog_name="poolmgr", standalone_mode=False)
     except PoolmgrError as exc:
         typer.echo(f"poolmgr: {exc}", err=True)
         return exc.exit_code
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return INTERNAL_ERROR_EXIT
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def run() -> None:

@@ -10,7 +10,7 @@ from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
 from poolmgr.timeutil import utcnow
-from poolmgr.views import pool_summaries
+from poolmgr.views import list_rules, pool_summaries
 from poolmgr.vocards import VoCard, load_cards
 
 
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     """Add the pool commands to app."""
     app.command("pools")(pools_command)
     app.command("sync")(sync_command)
+    app.command("rules")(rules_command)
 
 
 def pools_command(
@@ -57,6 +58,20 @@ def pools_command(
             ]
             for s in summaries
         ],
+    )
+
+
+def rules_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the FQAN routing rules in the order they are tried."""
+    with unit_of_work(state.engine(), write=False) as session:
+        rules = list_rules(session)
+    if as_json:
+        emit_json([rule.__dict__ for rule in rules])
+        return
+    table(
+        ["#", "RULE", "POOL", "VO"], [[r.position, r.rule, r.pool, r.vo] for r in rules]
     )
 
 

@@ -150,3 +150,21 @@ def test_unreachable_database_is_one_line_and_exit_8(tmp_path, capsys):
 def test_usage_errors_exit_2(cli):
     assert cli("map").code == 2
     assert cli("frobnicate").code == 2
+
+
+def test_rules_lists_the_routing_table_in_order(cli):
+    cli("sync")
+    lines = cli("rules").out.splitlines()
+    assert lines[0].split() == ["#", "RULE", "POOL", "VO"]
+    assert [line.split()[1:3] for line in lines[1:]] == [
+        ["/atlas/Role=production", "atlasprd"],
+        ["/atlas", "atlas"],
+    ]
+
+
+def test_vocards_check_exits_10_on_a_bad_card(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: poolmgr-vocard/1\nvo: Bad VO\n")
+    result = cli("vocards", "check", str(bad))
+    assert result.code == 10
+    assert result.err.startswith(f"{bad}:2: vo:")
