@@ -4,27 +4,23 @@
 may be recycled now and those due within 30 days; the overrides and failed
 cleanups of the period; the accounts out of service; how long open leases
 have been idle; and the check of the whole lease history
-(``history.verify_history``). Renderers turn it into text tables, JSON, CSV
-or, in ``audit_html``, one self-contained HTML page.
+(``history.verify_history``). ``audit_formats`` renders it as text tables,
+JSON or CSV, ``audit_html`` as one self-contained HTML page.
 """
 
-import csv
-import io
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from poolmgr.history import HistoryCheck, show_time, verify_history
+from poolmgr.history import HistoryCheck, verify_history
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, due_at
 from poolmgr.settings import Settings
-from poolmgr.timeutil import format_time
 
 DUE_WINDOW = timedelta(days=30)
 IDLE_BUCKETS: tuple[tuple[str, relativedelta], ...] = (
@@ -240,5 +236,3 @@ def _out_of_service(session: Session) -> list[OutOfService]:
         )
         result.append(OutOfService(pool, account.name, account.free_since, holder))
     return result
-
-

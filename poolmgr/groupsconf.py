@@ -28,7 +28,12 @@ FLAG_TYPES = {"sgm": "software", "prd": "production", "pilot": "pilot", "": "use
 
 
 def import_groups_conf(
-    session: Session, path: Path, out_dir: Path, *, overwrite: bool = False
+    session: Session,
+    path: Path,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Write one VO card per VO into out_dir from a groups.conf; return them.
 
@@ -58,12 +63,12 @@ def import_groups_conf(
     problems += _card_problems(cards, out_dir, overwrite)
     refuse(f"Import of {path}", syntax, problems)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = ImportReport(warnings=warnings + _order_warnings(lines, serves))
-    for vo, data in sorted(cards.items()):
-        target = out_dir / f"{vo}.yaml"
-        write_atomically(target, _card_text(data))
-        report.cards.append(target)
+    report.cards = [out_dir / f"{vo}.yaml" for vo in sorted(cards)]
+    if not dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for target in report.cards:
+            write_atomically(target, _card_text(cards[target.stem]))
     return report
 
 

@@ -6,12 +6,13 @@ subject) can be added beside X.509 DNs without a schema change: its key is
 """
 
 import hashlib
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from poolmgr.dn import DistinguishedName
+from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.models import Identity
 
 X509 = "x509"
@@ -62,3 +63,19 @@ def get_or_create_identity(
             raise
         return existing
     return identity
+
+
+def distinct_persons(dns: Iterable[str]) -> tuple[list[DistinguishedName], list[str]]:
+    """Return the distinct persons in a member list, and a warning per duplicate.
+
+    A VOMS server may list one member twice in different letter case or
+    DN form; those count as one person (the first spelling is kept).
+    """
+    persons: dict[str, DistinguishedName] = {}
+    warnings = []
+    for text in dns:
+        dn = parse_dn(text, strip_proxy=False)
+        first = persons.setdefault(dn.key, dn)
+        if first is not dn:
+            warnings.append(f"duplicate member {text!r} is {first.slash()!r}")
+    return list(persons.values()), warnings

@@ -174,6 +174,12 @@ class Mapper:
             return self._result((lease, account, pool), choice, parsed, new=True)
 
         names = tuple(route.pool for route in choice.routes)
+        logger.warning(
+            "pool exhausted pool=%s tried=%s dn=%s",
+            names[0],
+            ",".join(names),
+            parsed.dn.slash(),
+        )
         raise PoolExhaustedError(
             f"Pool {names[0]} has no free account"
             + (f" (also tried {', '.join(names[1:])})" if len(names) > 1 else "")

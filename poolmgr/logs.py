@@ -18,10 +18,8 @@ _FACILITIES = logging.handlers.SysLogHandler.facility_names
 
 
 class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 
@@ -40,17 +38,19 @@ def setup_logging(verbosity: int = 0, syslog: SyslogSettings | None = None) -> N
     root.addHandler(stderr)
 
     if syslog is not None and syslog.enabled:
-        handler = _syslog_handler(syslog)
-        if handler is not None:
-            root.addHandler(handler)
+        syslog_handler = _syslog_handler(syslog)
+        if syslog_handler is not None:
+            root.addHandler(syslog_handler)
 
 
 def _stderr_level(verbosity: int) -> int:
+    # Without -v the terminal gets only errors: the command's own one-line
+    # message says what went wrong, and warnings still reach syslog.
     if verbosity >= 2:
         return logging.DEBUG
     if verbosity == 1:
         return logging.INFO
-    return logging.WARNING
+    return logging.ERROR
 
 
 def _syslog_handler(settings: SyslogSettings) -> logging.Handler | None:

@@ -235,12 +235,12 @@ def _pool_conflicts(session: Session, pool: Pool) -> list[str]:
                 f"uid block {pool.first_uid}-{end - 1} of pool {pool.name} "
                 f"overlaps pool {other.name}"
             )
-    other = session.scalars(
+    sharing = session.scalars(
         select(Pool).where(Pool.id != pool.id, Pool.gid == pool.gid)
     ).first()
-    if other is not None and other.group_name != pool.group_name:
+    if sharing is not None and sharing.group_name != pool.group_name:
         problems.append(
-            f"gid {pool.gid} is group {other.group_name} of pool {other.name}, "
+            f"gid {pool.gid} is group {sharing.group_name} of pool {sharing.name}, "
             f"not {pool.group_name}"
         )
     named = session.scalars(

@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -418,10 +418,8 @@ class MappingService:
         logger.warning("%s", format_fields("service_refused", fields))
         conn.settimeout(1.0)
         error = PolicyError(f"User id {peer.uid} may not use the mapping service.")
-        try:
+        with suppress(OSError):
             conn.sendall(protocol.error_reply(error))
-        except OSError:
-            pass
 
     def _shutdown(self) -> None:
         if self._listener is not None:

@@ -30,6 +30,7 @@ from poolmgr.vocards import VoCard
 
 IN_SERVICE = ("free", "leased")
 MAX_FORECAST_DAYS = 36_500
+ROUND_TO = 5
 PAYLOAD_KINDS = ("users", None)
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -231,9 +232,9 @@ def forecast_exhaustion(
 
 
 def recommend(need: float, headroom: int) -> int:
-    """Return need plus headroom percent, rounded up to a multiple of 5."""
+    """Return need plus headroom percent, rounded up to a multiple of 5 (min 5)."""
     wanted = math.ceil(round(need * (100 + headroom) / 100, 6))
-    return -(-wanted // 5) * 5
+    return max(ROUND_TO, -(-wanted // ROUND_TO) * ROUND_TO)
 
 
 def _state_counts(session: Session) -> dict[int, dict[str, int]]:

@@ -1,7 +1,7 @@
 """Read-only views for the admin commands: pools, leases and one account."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -10,6 +10,7 @@ from poolmgr.dn import parse_dn
 from poolmgr.errors import NotFoundError
 from poolmgr.identities import find_identity
 from poolmgr.models import Account, Identity, Lease, Pool, PoolRule
+from poolmgr.timeutil import Duration, utcnow
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class PoolSummary:
     declared: int
     leased: int
     free: int
+    quiet: int
     retired: int
     first_uid: int
     group: str
@@ -60,8 +62,15 @@ class AccountDetail:
     history: list[LeaseRow]
 
 
-def pool_summaries(session: Session) -> list[PoolSummary]:
-    """Return every pool with its account counts, by name."""
+def pool_summaries(
+    session: Session, quiet: Duration, now: datetime | None = None
+) -> list[PoolSummary]:
+    """Return every pool with its account counts, by name.
+
+    ``quiet`` counts free accounts whose quiet period is still running, so
+    that they cannot be handed out yet; ``free`` excludes them.
+    """
+    resting = _resting_counts(session, quiet, now or utcnow())
     counts = (
         select(
             Account.pool_id,
@@ -85,7 +94,8 @@ def pool_summaries(session: Session) -> list[PoolSummary]:
             size=pool.size,
             declared=pool.declared_size,
             leased=int(leased or 0),
-            free=int(free or 0),
+            free=int(free or 0) - resting.get(pool.id, 0),
+            quiet=resting.get(pool.id, 0),
             retired=int(retired or 0),
             first_uid=pool.first_uid,
             group=pool.group_name,
@@ -94,6 +104,20 @@ def pool_summaries(session: Session) -> list[PoolSummary]:
         )
         for pool, leased, free, retired in rows
     ]
+
+
+def _resting_counts(session: Session, quiet: Duration, now: datetime) -> dict[int, int]:
+    rows = session.execute(
+        select(Account.pool_id, Account.last_used_at, Account.quiet_waived_at).where(
+            Account.state == "free",
+            Account.last_used_at > quiet.before(now) - timedelta(days=4),
+        )
+    )
+    counts: dict[int, int] = {}
+    for pool_id, last_used, waived in rows:
+        if (waived is None or waived < last_used) and quiet.after(last_used) > now:
+            counts[pool_id] = counts.get(pool_id, 0) + 1
+    return counts
 
 
 def list_leases(

@@ -7,6 +7,7 @@ The schema is built by running the Alembic migrations once per backend; each
 test then starts from empty tables.
 """
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -47,6 +48,18 @@ def _isolated_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("POOLMGR_DATABASE_URL", raising=False)
     monkeypatch.setattr(settings, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
     monkeypatch.setattr(settings, "SYSTEM_STATE_DIR", tmp_path / "var-lib")
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Undo the handlers a CLI run attaches, so caplog sees every record."""
+    yield
+    root = logging.getLogger("poolmgr")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

@@ -411,3 +411,45 @@ def test_backdated_last_use_is_what_views_report(engine, site):
     map_dn(engine, site, JANE, "/atlas")
     set_last_use(engine, "atlas001", at("2025-01-15T00:00:00Z"))
     assert open_leases(engine)[0].last_used_at == at("2025-01-15T00:00:00Z")
+
+
+def test_capacity_view_after_exhaustion_shows_nothing_reclaimed(engine, site, caplog):
+    """F09 4: total 3, leased 3, quiet 0, free 0; the alert line is logged."""
+    from poolmgr.views import pool_summaries
+
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    for n in range(3):
+        map_dn(
+            engine,
+            site,
+            f"/DC=org/DC=example/CN=User {n}",
+            "/atlas",
+            now=at(f"2025-05-2{5 + n}T00:00:00Z"),
+        )
+    with pytest.raises(PoolExhaustedError):
+        map_dn(
+            engine,
+            site,
+            "/DC=org/DC=example/CN=Five",
+            "/atlas",
+            now=at("2025-06-01T00:00:00Z"),
+        )
+    with unit_of_work(engine, write=False) as session:
+        (summary,) = pool_summaries(session, site.quiet, at("2025-06-01T00:00:00Z"))
+    assert (summary.size, summary.leased, summary.quiet, summary.free) == (3, 3, 0, 0)
+    assert "pool exhausted pool=atlas" in caplog.text
+
+
+def test_capacity_view_counts_free_accounts_still_resting(engine, site):
+    from poolmgr.views import pool_summaries
+
+    sync(engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas", now=at("2025-05-01T00:00:00Z"))
+    with unit_of_work(engine) as session:
+        lease = session.scalars(select(Lease)).one()
+        end_lease(
+            session, lease, reason="test", actor="t", now=at("2025-05-02T00:00:00Z")
+        )
+    with unit_of_work(engine, write=False) as session:
+        (summary,) = pool_summaries(session, site.quiet, at("2025-06-01T00:00:00Z"))
+    assert (summary.leased, summary.quiet, summary.free) == (0, 1, 1)

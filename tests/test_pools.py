@@ -75,7 +75,7 @@ def test_site_config_sets_pool_parameters_and_overrides_size(engine):
     )
     sync(engine, settings, [pool("atlasprd", "atlas", 20, "/atlas/Role=production")])
     with unit_of_work(engine, write=False) as session:
-        (summary,) = pool_summaries(session)
+        (summary,) = pool_summaries(session, settings.quiet)
         uid = session.scalar(select(Account.uid).where(Account.name == "atlprd04"))
     assert (summary.declared, summary.size, summary.free) == (20, 4, 4)
     assert (summary.gid, summary.group, uid) == (2689, "atlasprd", 50504)

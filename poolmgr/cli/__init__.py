@@ -16,9 +16,13 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer  # noqa: E402
 
 from poolmgr import __version__  # noqa: E402
+from poolmgr.cli import audit as audit_cli  # noqa: E402
 from poolmgr.cli import db as db_cli  # noqa: E402
-from poolmgr.cli import service as service_cli  # noqa: E402
+from poolmgr.cli import gridmapdir as gridmapdir_cli  # noqa: E402
 from poolmgr.cli import lease, pool, vocard  # noqa: E402
+from poolmgr.cli import check, provision, sizing  # noqa: E402
+from poolmgr.cli import recycle as recycle_cli  # noqa: E402
+from poolmgr.cli import service as service_cli  # noqa: E402
 from poolmgr.cli.state import state  # noqa: E402
 from poolmgr.errors import INTERNAL_ERROR_EXIT, PoolmgrError  # noqa: E402
 
@@ -74,6 +78,12 @@ pool.register(app)
 app.add_typer(vocard.app, name="vocards")
 app.add_typer(db_cli.app, name="db")
 service_cli.register(app)
+recycle_cli.register(app)
+audit_cli.register(app)
+app.add_typer(gridmapdir_cli.app, name="gridmapdir")
+sizing.register(app)
+provision.register(app)
+check.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,9 @@ def pools_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List pools with their size, leased, free and retired accounts."""
+    quiet = state.settings().quiet
     with unit_of_work(state.engine(), write=False) as session:
-        summaries = pool_summaries(session)
+        summaries = pool_summaries(session, quiet)
     if as_json:
         emit_json([summary.__dict__ for summary in summaries])
         return

@@ -109,7 +109,7 @@ def _refusal(code: str, message: str) -> PoolmgrError:
 
 
 def _error_classes() -> list[type[PoolmgrError]]:
-    classes = [protocol.BadRequestError]
+    classes: list[type[PoolmgrError]] = [protocol.BadRequestError]
     for value in vars(errors).values():
         if isinstance(value, type) and issubclass(value, PoolmgrError):
             classes.append(value)

@@ -281,9 +281,9 @@ def _open_leases(
     )
     by_account: dict[int, _OpenLease] = {}
     by_person: dict[tuple[str, int], _OpenLease] = {}
-    for *fields, pool_id in rows:
-        lease = _OpenLease(*fields)
-        by_account[lease.account_id] = lease
+    for lease_id, account_id, digest, display, last_used_at, pool_id in rows:
+        lease = _OpenLease(lease_id, account_id, digest, display, last_used_at)
+        by_account[account_id] = lease
         by_person[(lease.identity_hash, pool_id)] = lease
     return by_account, by_person
 

@@ -88,9 +88,7 @@ def _oneline_value(value: str, non_ascii: str) -> str:
     if non_ascii == "argus" or value.isascii():
         return value
     return "".join(
-        char
-        if char.isascii()
-        else "".join(f"\\x{b:02X}" for b in char.encode("utf-8"))
+        char if char.isascii() else "".join(f"\\x{b:02X}" for b in char.encode("utf-8"))
         for char in value
     )
 

@@ -1,0 +1,61 @@
+"""The monitoring probe: poolmgr check."""
+
+from typing import Annotated
+
+import typer
+
+from poolmgr.cli.state import state
+from poolmgr.health import CheckOptions, probe
+from poolmgr.timeutil import utcnow
+
+EPILOG = """Checks: the database answers and its schema is current; no live pool
+is at or below the thresholds of available accounts (free and past their
+quiet period); accounts and groups resolve in NSS with their ids (when
+check_nss is on or with --nss); no account is out of service (a state other
+than free, leased or retired). Exit codes follow Nagios and nothing else is
+ever returned: 0 OK, 1 WARNING, 2 CRITICAL (also a database that cannot be
+reached), 3 UNKNOWN (a check could not run, or the configuration is bad)."""
+
+
+def register(app: typer.Typer) -> None:
+    """Add the check command to app."""
+    app.command("check", epilog=EPILOG)(check_command)
+
+
+def check_command(
+    warning: Annotated[
+        float,
+        typer.Option(
+            "--warning",
+            "-w",
+            min=0,
+            max=100,
+            help="WARNING when a pool's available accounts are at or below "
+            "this percent.",
+        ),
+    ] = 10.0,
+    critical: Annotated[
+        float,
+        typer.Option(
+            "--critical",
+            "-c",
+            min=0,
+            max=100,
+            help="CRITICAL at or below this percent (0: none left).",
+        ),
+    ] = 0.0,
+    check_nss: Annotated[
+        bool, typer.Option("--nss", help="Check NSS even when check_nss is off.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Print every check's line after.")
+    ] = False,
+) -> None:
+    """Nagios probe: one line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    options = CheckOptions(warning=warning, critical=critical, nss=check_nss)
+    report = probe(state.settings, options, utcnow())
+    typer.echo(report.summary())
+    if verbose:
+        for line in report.details():
+            typer.echo(line)
+    raise typer.Exit(int(report.status))

@@ -1,0 +1,336 @@
+"""``gridmapdir export``: write poolmgr's open leases as an LCMAPS gridmapdir.
+
+One empty file (mode 0644) per account of the selected pools, one hard link
+per open lease named as LCMAPS names it (names.py), and the inode's mtime
+and atime set to the lease's last use; a free account's file carries the
+last use of its last lease, as LCMAPS leaves it.
+
+Suffixes: LCMAPS' DN-only ``lcmaps_poolaccount`` writes none, its
+``lcmaps_voms_poolaccount`` appends ":" and group names. With the default
+``auto`` a lease made for an FQAN gets ":<pool group>" and a DN-only lease
+none; ``none`` and ``group`` force one style. Only the primary group is
+written, which is what ``lcmaps_voms_poolaccount -do_not_use_secondary_gids``
+reads (poolmgr does not store per-lease secondary groups). Two leases that
+would get the same name (one person in two pools with ``none``) cannot both
+be written: the more recently used one is, the other is reported.
+
+A target that does not exist is written in a temporary sibling and renamed
+into place, so readers see all of it or nothing. An empty directory is
+filled in place. A directory with files needs ``update``: missing account
+files are created, lease links of the exported accounts that poolmgr does
+not hold (ended leases) and solitary lease links are removed, wrong links
+are replaced atomically, and times are set. Nothing else is touched.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from poolmgr.dn import parse_dn
+from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolmgrError
+from poolmgr.gridmapdir.importer import Finding
+from poolmgr.gridmapdir.names import NAME_MAX, NON_ASCII_MODES, lease_name
+from poolmgr.gridmapdir.scan import Inode, datetime_to_ns, scan_gridmapdir
+from poolmgr.models import Account, Identity, Lease, Pool
+
+logger = logging.getLogger(__name__)
+
+SUFFIX_MODES = ("auto", "none", "group")
+
+
+@dataclass(frozen=True)
+class ExportLink:
+    """One lease as a gridmapdir link."""
+
+    name: str
+    account: str
+    last_use: datetime
+    lease_id: int
+    dn: str
+
+
+@dataclass
+class ExportPlan:
+    """The gridmapdir poolmgr's leases call for."""
+
+    accounts: dict[str, datetime | None] = field(default_factory=dict)
+    links: dict[str, ExportLink] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class ExportResult:
+    """What writing the gridmapdir did."""
+
+    directory: Path
+    accounts_created: int = 0
+    links_created: int = 0
+    links_replaced: int = 0
+    links_removed: int = 0
+    times_set: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+
+def plan_export(
+    session: Session,
+    pools: list[str] | None = None,
+    suffix: str = "auto",
+    non_ascii: str = "lcmaps",
+) -> ExportPlan:
+    """Return the accounts and lease links of pools (default: every live pool).
+
+    Raises NotFoundError for an unknown pool name, BadInputError for an
+    unknown suffix mode.
+    """
+    if suffix not in SUFFIX_MODES:
+        raise BadInputError(f"Unknown suffix mode {suffix!r}; use auto, none, group.")
+    if non_ascii not in NON_ASCII_MODES:
+        raise BadInputError(f"Unknown non-ASCII mode {non_ascii!r}; use lcmaps, argus.")
+    pool_ids = _pool_ids(session, pools)
+    plan = ExportPlan()
+    for name, last_use in session.execute(
+        select(Account.name, Account.last_used_at)
+        .where(Account.pool_id.in_(pool_ids), Account.state != "retired")
+        .order_by(Account.name)
+    ):
+        plan.accounts[name] = last_use
+
+    rows = session.execute(
+        select(Lease, Identity.display, Account.name, Pool.group_name)
+        .join(Identity, Identity.id == Lease.identity_id)
+        .join(Account, Account.id == Lease.account_id)
+        .join(Pool, Pool.id == Lease.pool_id)
+        .where(Lease.open_marker == 1, Lease.pool_id.in_(pool_ids))
+        .order_by(Lease.last_used_at.desc(), Lease.id)
+    )
+    for lease, display, account, group in rows:
+        groups = _suffixes(suffix, lease.fqan, group)
+        _add_link(plan, lease, display, account, groups, non_ascii)
+    return plan
+
+
+def _pool_ids(session: Session, names: list[str] | None) -> list[int]:
+    if not names:
+        return list(session.scalars(select(Pool.id).where(Pool.retired_at.is_(None))))
+    found = dict(
+        session.execute(select(Pool.name, Pool.id).where(Pool.name.in_(names))).all()
+    )
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise NotFoundError(f"Unknown pool {missing[0]!r}; see 'poolmgr pools'.")
+    return [found[name] for name in names]
+
+
+def _suffixes(mode: str, fqan: str | None, group: str) -> tuple[str, ...]:
+    if mode == "group" or (mode == "auto" and fqan is not None):
+        return (group,)
+    return ()
+
+
+def _add_link(
+    plan: ExportPlan,
+    lease: Lease,
+    display: str,
+    account: str,
+    groups: tuple[str, ...],
+    non_ascii: str,
+) -> None:
+    try:
+        name = lease_name(parse_dn(display, display), groups, non_ascii)
+    except PoolmgrError as exc:
+        plan.findings.append(Finding("unexportable", display, str(exc)))
+        return
+    if len(name.encode()) > NAME_MAX:
+        plan.findings.append(
+            Finding("unexportable", display, f"its lease name is over {NAME_MAX} bytes")
+        )
+        return
+    # Rows come most recently used first, so the first holder of a name wins.
+    kept = plan.links.get(name)
+    if kept is not None:
+        plan.findings.append(
+            Finding(
+                "conflict",
+                name,
+                f"also the name of {kept.account} (used later); {account} of "
+                f"{display!r} not written",
+            )
+        )
+        return
+    plan.links[name] = ExportLink(name, account, lease.last_used_at, lease.id, display)
+
+
+def export_gridmapdir(
+    session: Session,
+    directory: Path,
+    *,
+    pools: list[str] | None = None,
+    suffix: str = "auto",
+    non_ascii: str = "lcmaps",
+    update: bool = False,
+) -> ExportResult:
+    """Write the open leases of pools to directory; see the module doc."""
+    plan = plan_export(session, pools, suffix, non_ascii)
+    result = write_gridmapdir(directory, plan, update=update)
+    logger.info(
+        "gridmapdir export target=%s accounts=%d links=%d removed=%d problems=%d",
+        directory,
+        len(plan.accounts),
+        len(plan.links),
+        result.links_removed,
+        len(result.findings),
+    )
+    return result
+
+
+def write_gridmapdir(
+    directory: Path, plan: ExportPlan, *, update: bool = False
+) -> ExportResult:
+    """Write plan to directory (new, empty, or with update an existing one).
+
+    Raises PolicyError for a directory with files when update is off, and
+    BadInputError when the target is not a directory.
+    """
+    result = ExportResult(directory, findings=list(plan.findings))
+    if not directory.exists():
+        _write_atomically(directory, plan, result)
+    elif not directory.is_dir():
+        raise BadInputError(f"{str(directory)!r} is not a directory.")
+    elif update:
+        _update(directory, plan, result)
+    elif any(os.scandir(directory)):
+        raise PolicyError(
+            f"{str(directory)!r} is not empty; export into a new or empty "
+            "directory, or use --update to bring this one in line."
+        )
+    else:
+        _write_fresh(directory, plan, result)
+    return result
+
+
+def _write_atomically(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
+    parent = directory.parent
+    if not parent.is_dir():
+        raise BadInputError(f"Directory {str(parent)!r} does not exist.")
+    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+    try:
+        _write_fresh(temp, plan, result)
+        temp.chmod(0o755)
+        temp.rename(directory)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _write_fresh(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
+    for account in plan.accounts:
+        _create_account_file(directory / account)
+        result.accounts_created += 1
+    for link in plan.links.values():
+        os.link(directory / link.account, directory / link.name)
+        result.links_created += 1
+    _set_times(directory, plan, result, {})
+
+
+def _create_account_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.fchmod(descriptor, 0o644)
+    finally:
+        os.close(descriptor)
+
+
+def _set_times(
+    directory: Path,
+    plan: ExportPlan,
+    result: ExportResult,
+    current: dict[str, int],
+) -> None:
+    """Set each exported inode's times; current holds known mtimes in ns."""
+    wanted: dict[str, datetime] = {
+        name: last for name, last in plan.accounts.items() if last is not None
+    }
+    for link in plan.links.values():
+        wanted.pop(link.account, None)
+        wanted[link.name] = link.last_use
+    for name, when in wanted.items():
+        stamp = datetime_to_ns(when)
+        if current.get(name) != stamp:
+            os.utime(directory / name, ns=(stamp, stamp), follow_symlinks=False)
+            result.times_set += 1
+
+
+def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
+    accounts = _ensure_accounts(directory, plan, result)
+    scan = scan_gridmapdir(directory)
+    present = {
+        name.decode("utf-8", "surrogateescape"): inode
+        for inode in scan.inodes
+        for name in inode.names
+    }
+    for name, inode in present.items():
+        if not name.startswith("%") or name in plan.links:
+            continue
+        if inode.key in accounts.values() or inode.nlink == 1:
+            (directory / name).unlink()
+            result.links_removed += 1
+    for link in plan.links.values():
+        _ensure_link(directory, link, accounts, present, result)
+    after = scan_gridmapdir(directory)
+    mtimes = {
+        name.decode("utf-8", "surrogateescape"): inode.mtime_ns
+        for inode in after.inodes
+        for name in inode.names
+    }
+    _set_times(directory, plan, result, mtimes)
+
+
+def _ensure_accounts(
+    directory: Path, plan: ExportPlan, result: ExportResult
+) -> dict[str, tuple[int, int]]:
+    """Create missing account files; return each usable one's inode."""
+    inodes: dict[str, tuple[int, int]] = {}
+    for account in plan.accounts:
+        path = directory / account
+        if not path.exists():
+            _create_account_file(path)
+            result.accounts_created += 1
+        info = path.lstat()
+        if not path.is_file() or path.is_symlink():
+            result.findings.append(
+                Finding("odd", account, "exists but is not a regular file")
+            )
+            continue
+        inodes[account] = (info.st_dev, info.st_ino)
+    return inodes
+
+
+def _ensure_link(
+    directory: Path,
+    link: ExportLink,
+    accounts: dict[str, tuple[int, int]],
+    present: dict[str, Inode],
+    result: ExportResult,
+) -> None:
+    target = accounts.get(link.account)
+    if target is None:
+        return
+    inode = present.get(link.name)
+    if inode is None:
+        os.link(directory / link.account, directory / link.name)
+        result.links_created += 1
+    elif inode.key != target:
+        # Link under a temporary name, then rename over: never a moment
+        # in which the person has no lease or a wrong one.
+        temp = directory / f".poolmgr-{os.getpid()}-{link.lease_id}"
+        temp.unlink(missing_ok=True)
+        os.link(directory / link.account, temp)
+        temp.rename(directory / link.name)
+        result.links_replaced += 1

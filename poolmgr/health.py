@@ -1,0 +1,336 @@
+"""The checks behind ``poolmgr check``, a Nagios-style probe.
+
+Each check takes a CheckContext and returns one CheckResult: a Nagios
+status and one line. CHECKS lists them in order, so another check (the ban
+lists, say) is one more entry there. The database check runs first and
+alone: when the database cannot be reached or its schema is behind, nothing
+else can be checked and the probe is CRITICAL. ``probe`` turns every
+failure into a result, so the probe's exit code is always 0, 1, 2 or 3.
+"""
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from pathlib import Path
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from poolmgr import db, migrate, nss
+from poolmgr.models import Account, Pool
+from poolmgr.provisioning import parse_groups
+from poolmgr.settings import Settings
+
+MAX_LINE = 1000
+MAX_NAMED = 5
+SERVICE_STATES = ("free", "leased", "retired")
+
+
+class Status(IntEnum):
+    """Nagios plugin states; the value is the exit code."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+# Worst first when several checks disagree: a real problem outranks a check
+# that could not run.
+_SEVERITY = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL: 3}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check found."""
+
+    name: str
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Thresholds in percent of a pool's accounts, and whether to ask NSS."""
+
+    warning: float = 10.0
+    critical: float = 0.0
+    nss: bool = False
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What every check may read: one read-only session and the settings."""
+
+    session: Session
+    settings: Settings
+    options: CheckOptions
+    now: datetime
+
+
+Check = Callable[[CheckContext], CheckResult]
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """Every check's result; the worst decides the status."""
+
+    results: tuple[CheckResult, ...]
+
+    @property
+    def status(self) -> Status:
+        return max((r.status for r in self.results), key=_SEVERITY.__getitem__)
+
+    def summary(self) -> str:
+        """Return the probe's one line: status, then what is wrong first."""
+        shown = [r for r in self.results if r.status is not Status.OK]
+        shown.sort(key=lambda r: -_SEVERITY[r.status])
+        text = "; ".join(r.message for r in shown or self.results)
+        return _one_line(f"POOLMGR {self.status.name} - {text}")
+
+    def details(self) -> list[str]:
+        """Return one line per check, for --verbose."""
+        return [
+            _one_line(f"{r.status.name} {r.name}: {r.message}") for r in self.results
+        ]
+
+
+def _one_line(text: str) -> str:
+    flat = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return flat if len(flat) <= MAX_LINE else flat[: MAX_LINE - 3] + "..."
+
+
+def probe(
+    load_settings: Callable[[], Settings], options: CheckOptions, now: datetime
+) -> HealthReport:
+    """Run every check; any failure becomes a result, never an exception."""
+    try:
+        settings = load_settings()
+    except Exception as exc:  # noqa: BLE001  (a probe must answer)
+        return HealthReport(
+            (CheckResult("config", Status.UNKNOWN, f"configuration: {exc}"),)
+        )
+    try:
+        return run_checks(settings, options, now)
+    except SQLAlchemyError as exc:
+        return HealthReport((_unavailable(settings.database_url(), exc),))
+    except Exception as exc:  # noqa: BLE001  (a probe must answer)
+        message = f"check failed: {type(exc).__name__}: {exc}"
+        return HealthReport((CheckResult("probe", Status.UNKNOWN, message),))
+
+
+def run_checks(
+    settings: Settings,
+    options: CheckOptions,
+    now: datetime,
+    checks: list[tuple[str, Check]] | None = None,
+) -> HealthReport:
+    """Check the database, then run checks (default CHECKS) in one session."""
+    database = check_database(settings.database_url())
+    if database.status is not Status.OK:
+        return HealthReport((database,))
+    results = [database]
+    engine = db.get_engine(settings.database_url())
+    with db.unit_of_work(engine, write=False) as session:
+        context = CheckContext(session, settings, options, now)
+        for name, check in checks if checks is not None else CHECKS:
+            results.append(_run_one(name, check, context))
+    return HealthReport(tuple(results))
+
+
+def _run_one(name: str, check: Check, context: CheckContext) -> CheckResult:
+    try:
+        return check(context)
+    except Exception as exc:  # noqa: BLE001  (one broken check is UNKNOWN)
+        message = f"{name} check failed: {type(exc).__name__}: {exc}"
+        return CheckResult(name, Status.UNKNOWN, message)
+
+
+def check_database(url: str) -> CheckResult:
+    """Return CRITICAL unless the database answers with the current schema."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        path = Path(parsed.database or "").expanduser()
+        if not path.exists():
+            return CheckResult(
+                "database", Status.CRITICAL, f"database file {path} does not exist"
+            )
+    try:
+        status = migrate.status(db.get_engine(url))
+    except SQLAlchemyError as exc:
+        return _unavailable(url, exc)
+    if not status.is_current:
+        return CheckResult(
+            "database",
+            Status.CRITICAL,
+            f"database schema is at {status.current or 'none'}, poolmgr needs "
+            f"{status.head}; run 'poolmgr db upgrade'",
+        )
+    return CheckResult(
+        "database", Status.OK, f"database schema current ({status.head})"
+    )
+
+
+def _unavailable(url: str, exc: Exception) -> CheckResult:
+    where = make_url(url).render_as_string(hide_password=True)
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+    return CheckResult(
+        "database",
+        Status.CRITICAL,
+        f"database {where} is unavailable: {detail[0][:200]}",
+    )
+
+
+def check_pools(context: CheckContext) -> CheckResult:
+    """Return how close the live pools are to having no account to give."""
+    session, options = context.session, context.options
+    available = available_accounts(session, context.settings, context.now)
+    provisioned = dict(
+        session.execute(
+            select(Account.pool_id, func.count())
+            .where(Account.state != "retired")
+            .group_by(Account.pool_id)
+        )
+        .tuples()
+        .all()
+    )
+    pools = session.scalars(
+        select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
+    ).all()
+    critical, warning = [], []
+    for pool in pools:
+        total, left = provisioned.get(pool.id, 0), available.get(pool.id, 0)
+        text = f"{pool.name} {left}/{total}"
+        if total and left * 100 <= options.critical * total:
+            critical.append(text)
+        elif total and left * 100 <= options.warning * total:
+            warning.append(text)
+    if critical or warning:
+        status = Status.CRITICAL if critical else Status.WARNING
+        return CheckResult(
+            "pools",
+            status,
+            "pools near exhaustion (available/accounts): " + _names(critical + warning),
+        )
+    return CheckResult(
+        "pools",
+        Status.OK,
+        f"{len(pools)} pools above {options.warning:g}% available accounts",
+    )
+
+
+def available_accounts(
+    session: Session, settings: Settings, now: datetime
+) -> dict[int, int]:
+    """Return per pool the free accounts a newcomer could get now.
+
+    A free account still inside its quiet period is not available. Rows
+    past the calendar cutoff are counted in SQL; the few near it are
+    checked one by one, as month lengths make the cutoff inexact.
+    """
+    quiet = settings.quiet
+    free = select(Account.pool_id, func.count()).where(Account.state == "free")
+    surely = free.where(
+        or_(
+            Account.last_used_at.is_(None),
+            Account.quiet_waived_at.is_not(None),
+            Account.last_used_at <= quiet.before(now),
+        )
+    ).group_by(Account.pool_id)
+    counts: dict[int, int] = defaultdict(int, session.execute(surely).tuples().all())
+    borderline = select(Account.pool_id, Account.last_used_at).where(
+        Account.state == "free",
+        Account.quiet_waived_at.is_(None),
+        Account.last_used_at > quiet.before(now),
+        Account.last_used_at <= quiet.safe_cutoff(now),
+    )
+    for pool_id, last_used in session.execute(borderline):
+        if last_used is not None and quiet.after(last_used) <= now:
+            counts[pool_id] += 1
+    return counts
+
+
+def check_nss(context: CheckContext) -> CheckResult:
+    """Return accounts and groups that do not resolve, or resolve otherwise."""
+    if not (context.options.nss or context.settings.check_nss):
+        return CheckResult("nss", Status.OK, "NSS check off")
+    missing: list[str] = []
+    wrong: list[str] = []
+    rows = context.session.execute(
+        select(Account.name, Account.uid)
+        .where(Account.state != "retired")
+        .order_by(Account.name)
+    )
+    for name, uid in rows:
+        problem = nss.account_problem(name, uid)
+        if problem is not None:
+            target = missing if "does not resolve" in problem.message else wrong
+            target.append(problem.message)
+    for name, gid in _groups(context.session):
+        problem = nss.group_problem(name, gid)
+        if problem is not None:
+            target = missing if "does not resolve" in problem.message else wrong
+            target.append(problem.message)
+    if wrong or missing:
+        return CheckResult(
+            "nss",
+            Status.CRITICAL if wrong else Status.WARNING,
+            f"{len(wrong) + len(missing)} NSS problem(s): " + _names(wrong + missing),
+        )
+    return CheckResult("nss", Status.OK, "accounts and groups resolve in NSS")
+
+
+def _groups(session: Session) -> list[tuple[str, int]]:
+    groups: dict[tuple[str, int], None] = {}
+    for pool in session.scalars(
+        select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
+    ):
+        for pair in ((pool.group_name, pool.gid), *parse_groups(pool)):
+            groups[pair] = None
+    return list(groups)
+
+
+def check_out_of_service(context: CheckContext) -> CheckResult:
+    """Return accounts in a state other than free, leased or retired.
+
+    Such states (an account waiting for a cleanup that failed, one held for
+    an incident) take accounts out of service until somebody acts.
+    """
+    rows = context.session.execute(
+        select(Pool.name, Account.state, func.count())
+        .join(Pool, Pool.id == Account.pool_id)
+        .where(Account.state.not_in(SERVICE_STATES))
+        .group_by(Pool.name, Account.state)
+        .order_by(Pool.name, Account.state)
+    ).all()
+    if not rows:
+        return CheckResult("accounts", Status.OK, "no account out of service")
+    total = sum(count for _, _, count in rows)
+    return CheckResult(
+        "accounts",
+        Status.WARNING,
+        f"{total} account(s) out of service: "
+        + _names([f"{pool} {state} {count}" for pool, state, count in rows]),
+    )
+
+
+def _names(items: list[str]) -> str:
+    if len(items) <= MAX_NAMED:
+        return ", ".join(items)
+    return ", ".join(items[:MAX_NAMED]) + f" and {len(items) - MAX_NAMED} more"
+
+
+CHECKS: list[tuple[str, Check]] = [
+    ("pools", check_pools),
+    ("nss", check_nss),
+    ("accounts", check_out_of_service),
+]

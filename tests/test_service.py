@@ -1,0 +1,579 @@
+"""The mapping service on a real Unix socket: protocol, access, robustness."""
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from poolmgr.errors import DatabaseUnavailableError, PolicyError
+from poolmgr.leases import MapRequest
+from poolmgr.service import (
+    AccessPolicy,
+    Handler,
+    MappingService,
+    Peer,
+    access_policy,
+)
+from poolmgr.settings import ServiceSettings
+from tests.conftest import make_settings
+from tests.factories import invariant_violations, open_leases, pool, sync
+
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: Unix socket paths must fit 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="pm-svc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def running(
+    handler: Handler,
+    path: Path,
+    policy: AccessPolicy | None = None,
+    gid: int | None = None,
+    **options: object,
+) -> Iterator[MappingService]:
+    """Run a service on path in a thread; stop it and wait afterwards."""
+    settings = ServiceSettings(socket=path, **options)
+    service = MappingService(handler, settings, policy or access_policy(None), gid)
+    service.start()
+    thread = threading.Thread(target=service.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "the service did not stop"
+
+
+def connect(path: Path, timeout: float = 5.0) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    conn.connect(str(path))
+    return conn
+
+
+def read_lines(conn: socket.socket, count: int) -> list[bytes]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return [line + b"\n" for line in data.split(b"\n")[:count] if line]
+
+
+def exchange(path: Path, *lines: bytes) -> list[bytes]:
+    """Send lines on one connection and return as many reply lines."""
+    with connect(path) as conn:
+        conn.sendall(b"".join(lines))
+        return read_lines(conn, len(lines))
+
+
+def mapper_handler(engine, **settings: object) -> Handler:
+    from poolmgr.leases import Mapper
+
+    site = make_settings(**settings)
+    sync(
+        engine,
+        site,
+        [
+            pool("atlasprd", "atlas", 2, "/atlas/Role=production"),
+            pool("atlas", "atlas", 40, "/atlas"),
+        ],
+    )
+    return Handler(Mapper(engine, site, router_ttl=5.0), workers=8)
+
+
+class FakeMapper:
+    """Stands in for Mapper: answers or raises what a test asks for."""
+
+    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
+        self.error = error
+        self.delay = delay
+        self.requests: list[MapRequest] = []
+
+    def map(self, request: MapRequest):
+        from poolmgr.leases import Mapping
+
+        self.requests.append(request)
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return Mapping(
+            "atlas001",
+            20001,
+            2000,
+            (2000, 2100),
+            "atlas",
+            request.dn,
+            request.dn,
+            None,
+            7,
+            False,
+        )
+
+
+def fake_handler(**kwargs: object) -> Handler:
+    return Handler(FakeMapper(**kwargs), workers=4)  # type: ignore[arg-type]
+
+
+# Access decisions, with fake credentials.
+
+
+@pytest.mark.parametrize(
+    ("peer", "groups", "allowed"),
+    [
+        (Peer(10, 0, 0), (), True),
+        (Peer(10, 990, 990), (), True),
+        (Peer(10, 1000, 500), (), True),
+        (Peer(10, 1000, 1000), (7, 500), True),
+        (Peer(10, 1000, 1000), (7, 8), False),
+        (Peer(10, 1000, 1000), (), False),
+    ],
+    ids=["root", "own-uid", "group-primary", "group-supplementary", "other", "none"],
+)
+def test_access_policy_admits_root_own_uid_and_group_members(peer, groups, allowed):
+    policy = AccessPolicy(frozenset({0, 990}), gid=500)
+    assert policy.allows(peer, lambda: groups) is allowed
+
+
+def test_without_a_group_only_the_listed_uids_are_admitted():
+    policy = AccessPolicy(frozenset({0}))
+    assert policy.allows(Peer(1, 0, 0))
+    assert not policy.allows(Peer(1, 1000, 0), lambda: (0,))
+
+
+def test_groups_are_only_looked_up_when_the_uid_is_not_enough():
+    def fail() -> tuple[int, ...]:
+        raise AssertionError("groups looked up for an allowed uid")
+
+    assert AccessPolicy(frozenset({0}), gid=5).allows(Peer(1, 0, 0), fail)
+
+
+def test_unknown_service_group_is_a_config_error():
+    from poolmgr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no-such-group-x"):
+        access_policy("no-such-group-x")
+
+
+# The socket file.
+
+
+def test_socket_is_0600_without_group_and_0660_with_one(short_dir):
+    handler = fake_handler()
+    with running(handler, short_dir / "a.sock"):
+        info = (short_dir / "a.sock").stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600
+    gid = os.getgid() if os.getgid() else 1
+    with running(handler, short_dir / "b.sock", gid=gid):
+        info = (short_dir / "b.sock").stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o660, gid)
+    assert sorted(p.name for p in short_dir.iterdir()) == [], "socket files left"
+
+
+def test_stale_socket_is_replaced_but_a_live_one_is_not(short_dir):
+    path = short_dir / "s.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    handler = fake_handler()
+    with running(handler, path):
+        assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+        second = MappingService(
+            handler, ServiceSettings(socket=path), access_policy(None)
+        )
+        with pytest.raises(PolicyError, match="already listening"):
+            second.start()
+        assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+
+
+def test_a_regular_file_at_the_socket_path_is_not_replaced(short_dir):
+    path = short_dir / "s.sock"
+    path.write_text("keep me")
+    service = MappingService(
+        fake_handler(), ServiceSettings(socket=path), access_policy(None)
+    )
+    with pytest.raises(PolicyError, match="not a socket"):
+        service.start()
+    assert path.read_text() == "keep me"
+
+
+def test_peer_not_allowed_is_refused_on_a_real_socket(short_dir):
+    path = short_dir / "s.sock"
+    nobody_we_know = AccessPolicy(frozenset({4_000_000}))
+    with running(fake_handler(), path, policy=nobody_we_know):
+        reply = exchange(path, b"PING\n")
+    message = f"User id {os.geteuid()} may not use the mapping service."
+    assert reply == [f"ERR\tREFUSED\t{message}\n".encode()]
+
+
+# Requests and replies.
+
+
+def test_map_verify_and_ping_on_one_connection_in_order(sqlite_engine, short_dir):
+    path = short_dir / "s.sock"
+    with running(mapper_handler(sqlite_engine), path):
+        replies = exchange(
+            path,
+            f"VERIFY\t{JANE}\t/atlas\n".encode(),
+            f"MAP\t{JANE}\t/atlas\n".encode(),
+            b"PING\n",
+            f"VERIFY\t{JANE}\t/atlas\n".encode(),
+            f"MAP\t{JANE}\t/atlas/Role=production\t/atlas\n".encode(),
+        )
+    lease = open_leases(sqlite_engine)[0]
+    assert replies[0].startswith(b"ERR\tNO_LEASE\t")
+    assert replies[1] == f"OK\tatlas001\t101001\t100001\t\tatlas:{lease.id}\n".encode()
+    assert replies[2] == b"OK\tpong\n"
+    assert replies[3] == replies[1]
+    assert replies[4].startswith(b"OK\tatlasprd001\t100001\t100000\t100001\tatlasprd:")
+    assert len(open_leases(sqlite_engine)) == 2
+
+
+def test_dn_is_the_end_entity_subject_numeric_cn_kept_proxy_cn_stripped(
+    sqlite_engine, short_dir
+):
+    path = short_dir / "s.sock"
+    cern = "/DC=ch/DC=cern/OU=Users/CN=jdoe/CN=123456"
+    with running(mapper_handler(sqlite_engine), path):
+        first, second, third = exchange(
+            path,
+            f"MAP\t{cern}\t/atlas\n".encode(),
+            f"MAP\t{cern}/CN=proxy\t/atlas\n".encode(),
+            f"MAP\t{JANE}/CN=limited proxy\t/atlas\n".encode(),
+        )
+    assert first.startswith(b"OK\tatlas001\t") and second == first
+    assert third.startswith(b"OK\tatlas002\t")
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"\n", "BAD_REQUEST"),
+        (b"FETCH\tx\n", "BAD_REQUEST"),
+        (b"MAP\n", "BAD_REQUEST"),
+        (b"MAP\t/DC=org/CN=\xff\n", "BAD_REQUEST"),
+        (b"MAP\t/DC=org/CN=A\x00\n", "BAD_REQUEST"),
+        (b"MAP\tnot a dn\t/atlas\n", "BAD_INPUT"),
+        (b"MAP\t/DC=org/CN=A\t/cms\n", "NO_POOL"),
+        (b"MAP\t/DC=org/CN=A\tatlas\n", "BAD_INPUT"),
+    ],
+    ids=["empty", "verb", "no-dn", "utf8", "nul", "bad-dn", "no-pool", "bad-fqan"],
+)
+def test_bad_requests_get_an_error_and_the_connection_stays_usable(
+    sqlite_engine, short_dir, line, code
+):
+    path = short_dir / "s.sock"
+    with running(mapper_handler(sqlite_engine), path):
+        error, pong = exchange(path, line, b"PING\n")
+    assert error.startswith(f"ERR\t{code}\t".encode()), error
+    assert error.count(b"\t") == 2
+    assert pong == b"OK\tpong\n"
+
+
+def test_oversize_line_gets_bad_request_and_the_connection_is_closed(short_dir):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path), connect(path) as conn:
+        conn.sendall(b"MAP\t/CN=" + b"x" * 20000)
+        reply = read_lines(conn, 1)
+        rest = conn.recv(100)
+    assert reply[0].startswith(b"ERR\tBAD_REQUEST\tThe request line is longer than")
+    assert rest == b""
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (DatabaseUnavailableError("Database x is unavailable: gone"), "DB_UNAVAILABLE"),
+        (RuntimeError("bug"), "INTERNAL"),
+    ],
+    ids=["database-down", "bug"],
+)
+def test_mapper_failures_become_error_replies(short_dir, error, code):
+    path = short_dir / "s.sock"
+    with running(fake_handler(error=error), path):
+        first, second = exchange(path, f"MAP\t{JANE}\n".encode(), b"PING\n")
+    assert first.startswith(f"ERR\t{code}\t".encode())
+    assert second == b"OK\tpong\n"
+
+
+def test_secondary_gids_exclude_the_primary(short_dir):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path):
+        (reply,) = exchange(path, f"MAP\t{JANE}\n".encode())
+    assert reply == b"OK\tatlas001\t20001\t2000\t2100\tatlas:7\n"
+
+
+# Robustness.
+
+
+def test_slow_client_does_not_block_others_and_is_cut_off(short_dir):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path, request_timeout=0.5), connect(path) as slow:
+        slow.sendall(b"MAP\t/DC=org")
+        started = time.monotonic()
+        assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+        assert time.monotonic() - started < 0.3
+        assert slow.recv(100) == b"", "the half-sent request was not cut off"
+        assert time.monotonic() - started < 2
+
+
+def test_idle_connection_is_closed_after_the_idle_timeout(short_dir):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path, idle_timeout=0.3), connect(path) as idle:
+        started = time.monotonic()
+        assert idle.recv(100) == b""
+        assert 0.25 < time.monotonic() - started < 2
+
+
+def test_beyond_max_clients_new_connections_wait_their_turn(short_dir):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path, max_clients=2):
+        first, second = connect(path), connect(path)
+        first.sendall(b"PING\n")
+        assert read_lines(first, 1) == [b"OK\tpong\n"]
+        waiting = connect(path, timeout=0.3)
+        waiting.sendall(b"PING\n")
+        with pytest.raises(TimeoutError):
+            waiting.recv(100)
+        first.close()
+        waiting.settimeout(5)
+        assert read_lines(waiting, 1) == [b"OK\tpong\n"]
+        for conn in (second, waiting):
+            conn.close()
+
+
+def test_32_concurrent_clients_each_get_their_own_account(engine, short_dir):
+    path = short_dir / "s.sock"
+    replies: dict[int, list[bytes]] = {}
+
+    def client(number: int) -> None:
+        dn = f"/DC=org/DC=example/CN=Person {number}"
+        replies[number] = exchange(path, *[f"MAP\t{dn}\t/atlas\n".encode()] * 3)
+
+    with running(mapper_handler(engine), path):
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    accounts = {lines[0].split(b"\t")[1] for lines in replies.values()}
+    assert len(replies) == 32 and len(accounts) == 32
+    assert all(
+        len(set(lines)) == 1 and lines[0].startswith(b"OK")
+        for lines in replies.values()
+    )
+    assert invariant_violations(engine) == []
+
+
+def test_stop_finishes_the_request_in_progress(short_dir):
+    path = short_dir / "s.sock"
+    service_ctx = running(fake_handler(delay=0.5), path)
+    service = service_ctx.__enter__()
+    with connect(path) as busy, connect(path) as idle:
+        busy.sendall(f"MAP\t{JANE}\n".encode())
+        time.sleep(0.1)
+        service.stop()
+        assert read_lines(busy, 1)[0].startswith(b"OK\tatlas001\t")
+        assert idle.recv(100) == b""
+    service_ctx.__exit__(None, None, None)
+    assert not path.exists()
+
+
+def test_sigterm_stops_poolmgr_serve_with_exit_0_and_removes_the_socket(
+    tmp_path, short_dir
+):
+    path = short_dir / "s.sock"
+    config = tmp_path / "poolmgr.yaml"
+    config.write_text(
+        f"database: sqlite:///{tmp_path / 'db.sqlite'}\nsyslog:\n  enabled: false\n"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from poolmgr.cli import run; run()",
+            "--config",
+            str(config),
+            "serve",
+            "--socket",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not path.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "serve did not create its socket"
+            time.sleep(0.02)
+        assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+        with connect(path):
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert not path.exists()
+
+
+# Database outage, against a PostgreSQL instance of our own.
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster in a temporary directory, run as user postgres."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def create(self) -> None:
+        shutil.chown(self.directory, "postgres")
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.directory / "data"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off"
+        )
+        self._run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-m",
+            mode,
+            "-w",
+            "stop",
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def own_postgres(short_dir) -> Iterator[ThrowawayPostgres]:
+    if os.geteuid() != 0 or not (PG_BIN / "initdb").exists():
+        pytest.skip("needs root and Debian's PostgreSQL 15 binaries")
+    server = ThrowawayPostgres(short_dir)
+    server.create()
+    server.start()
+    try:
+        yield server
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(short_dir / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_database_outage_fails_requests_cleanly_and_recovery_needs_no_restart(
+    own_postgres, short_dir
+):
+    from poolmgr import db, migrate
+
+    engine = db.get_engine(own_postgres.url)
+    migrate.upgrade(engine)
+    path = short_dir / "s.sock"
+    kim = "/DC=org/DC=example/CN=Kim Sample"
+    try:
+        with running(mapper_handler(engine), path):
+            (before,) = exchange(path, f"MAP\t{JANE}\t/atlas\n".encode())
+            own_postgres.stop()
+
+            started = time.monotonic()
+            during = exchange(
+                path,
+                f"MAP\t{JANE}\t/atlas\n".encode(),
+                f"MAP\t{kim}\t/atlas\n".encode(),
+                b"PING\n",
+            )
+            elapsed = time.monotonic() - started
+
+            own_postgres.start()
+            after = exchange(
+                path,
+                f"MAP\t{kim}\t/atlas\n".encode(),
+                f"MAP\t{JANE}\t/atlas\n".encode(),
+            )
+        leases = open_leases(engine)
+    finally:
+        engine.dispose()
+
+    assert before.startswith(b"OK\tatlas001\t")
+    assert [line.split(b"\t")[:2] for line in during[:2]] == [
+        [b"ERR", b"DB_UNAVAILABLE"]
+    ] * 2
+    assert during[2] == b"OK\tpong\n"
+    assert elapsed < 3, f"requests took {elapsed:.1f} s to fail with the database down"
+    assert after[0].startswith(b"OK\tatlas002\t") and after[1] == before
+    assert len(leases) == 2, "a failed request left a lease behind"
