@@ -13,7 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -178,6 +186,25 @@ def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     except DBAPIError as exc:
         if is_conflict(exc):
             raise
+        if is_unavailable(exc):
+            raise _unavailable(engine, exc) from exc
+        raise
+    finally:
+        _sqlite_write.reset(token)
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """Yield a Connection in a read-only transaction (no ORM session).
+
+    For the mapping hot path, where a Session's bookkeeping costs more than
+    the query itself. Errors are translated as in unit_of_work.
+    """
+    token = _sqlite_write.set(False)
+    try:
+        with engine.connect() as conn, conn.begin():
+            yield conn
+    except DBAPIError as exc:
         if is_unavailable(exc):
             raise _unavailable(engine, exc) from exc
         raise

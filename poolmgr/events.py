@@ -8,9 +8,11 @@ syslog either.
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from poolmgr.models import Event
@@ -21,23 +23,26 @@ _PENDING = "poolmgr_pending_log"
 _COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
 
 
-def record(session: Session, kind: str, **fields: Any) -> Event:
-    """Add an event row of kind with the given fields; log it after commit.
+def record(
+    session: Session, kind: str, *, at: datetime | None = None, **fields: Any
+) -> None:
+    """Insert an event row of kind with the given fields; log it after commit.
 
     Fields named like Event columns fill those columns; any others go into
-    the JSON details. Returns the (flushed later) Event.
+    the JSON details. The row is inserted at once on the session's
+    connection, so it needs no ORM flush.
     """
     columns = {key: fields.pop(key) for key in _COLUMNS if key in fields}
     details = {k: v for k, v in fields.items() if v is not None}
-    row = Event(
-        at=utcnow(),
-        kind=kind,
-        details=json.dumps(details, default=str) or None,
-        **columns,
+    session.connection().execute(
+        insert(Event).values(
+            at=at or utcnow(),
+            kind=kind,
+            details=json.dumps(details, default=str) if details else None,
+            **columns,
+        )
     )
-    session.add(row)
     queue_log(session, logging.INFO, kind, **columns, **details)
-    return row
 
 
 def queue_log(session: Session, level: int, kind: str, **fields: Any) -> None:

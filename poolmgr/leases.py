@@ -15,14 +15,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Row,
+    Select,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from poolmgr import events, nss
-from poolmgr.db import is_conflict, is_sqlite, unit_of_work
+from poolmgr.db import is_conflict, reading, unit_of_work
 from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.errors import (
     ContentionError,
@@ -31,7 +42,7 @@ from poolmgr.errors import (
     PoolExhaustedError,
 )
 from poolmgr.fqan import Fqan, parse_fqan, parse_rule
-from poolmgr.identities import find_identity, get_or_create_identity
+from poolmgr.identities import X509, key_hash
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.routing import Choice, Route, Router
 from poolmgr.settings import Settings
@@ -85,6 +96,18 @@ class _Parsed:
     request: MapRequest
 
 
+class _Held(NamedTuple):
+    """An open lease as the hot path reads it: one row, no ORM objects."""
+
+    lease_id: int
+    pool_id: int
+    last_used_at: datetime
+    account: str
+    uid: int
+    pool: str
+    gid: int
+
+
 class Mapper:
     """Maps requests on one database; safe to share between threads."""
 
@@ -106,13 +129,13 @@ class Mapper:
         """
         parsed = parse_request(request)
         now = now or utcnow()
-        with unit_of_work(self.engine, write=False) as session:
-            choice = self._choose(session, parsed)
-            found = _open_lease(session, parsed.dn, choice)
-            if found is not None and (
-                request.verify or now - found[0].last_used_at < self.resolution
-            ):
-                return self._result(found, choice, parsed, new=False)
+        with reading(self.engine) as conn:
+            choice = self._choose(conn, parsed)
+            held = _open_lease(conn, parsed.dn, choice)
+        if held is not None and (
+            request.verify or now - held.last_used_at < self.resolution
+        ):
+            return self._result(held, choice, parsed, new=False)
         if request.verify:
             raise NoLeaseError(
                 f"No open lease for {parsed.dn.slash()!r} in "
@@ -122,19 +145,19 @@ class Mapper:
             self.engine, lambda session: self._map_writing(session, parsed, choice, now)
         )
 
-    def router(self, session: Session) -> Router:
+    def router(self, conn: Connection | Session) -> Router:
         """Return the routing table, reloaded after router_ttl seconds."""
         cached = self._router
         if cached is not None and time.monotonic() - cached[0] < self._router_ttl:
             return cached[1]
-        router = Router.load(session)
+        router = Router.load(conn)
         self._router = (time.monotonic(), router)
         return router
 
-    def _choose(self, session: Session, parsed: _Parsed) -> Choice:
-        router = self.router(session)
+    def _choose(self, conn: Connection, parsed: _Parsed) -> Choice:
+        router = self.router(conn)
         if not parsed.fqans and self.settings.dn_only_pool:
-            routes = tuple(_dn_only_routes(session, self.settings.dn_only_pool))
+            routes = tuple(_dn_only_routes(conn, self.settings.dn_only_pool))
             choice = Choice(None, routes)
         else:
             choice = router.choose(parsed.fqans, self.settings.any_fqan)
@@ -145,20 +168,21 @@ class Mapper:
     def _map_writing(
         self, session: Session, parsed: _Parsed, choice: Choice, now: datetime
     ) -> Mapping:
-        found = _open_lease(session, parsed.dn, choice)
-        if found is not None:
-            lease = found[0]
-            get_or_create_identity(session, parsed.dn)
-            session.execute(
+        conn = session.connection()
+        held = _open_lease(conn, parsed.dn, choice)
+        if held is not None:
+            conn.execute(
                 update(Lease)
-                .where(Lease.id == lease.id, Lease.last_used_at < now)
+                .where(Lease.id == held.lease_id, Lease.last_used_at < now)
                 .values(last_used_at=now)
             )
-            return self._result(found, choice, parsed, new=False)
+            if held.last_used_at < now:
+                held = held._replace(last_used_at=now)
+            return self._result(held, choice, parsed, new=False)
 
-        identity = get_or_create_identity(session, parsed.dn)
+        identity_id, display = _identity_for_lease(conn, parsed.dn, now)
         for index, route in enumerate(choice.routes):
-            account = self._pick_account(session, route, now)
+            account = self._pick_account(conn, route, now)
             if account is None:
                 continue
             if index:
@@ -168,10 +192,10 @@ class Mapper:
                     route.pool,
                     parsed.dn.slash(),
                 )
-            lease = _start_lease(session, identity, account, route, choice, now)
-            pool = session.get(Pool, route.pool_id)
-            assert pool is not None
-            return self._result((lease, account, pool), choice, parsed, new=True)
+            held = _start_lease(
+                session, conn, identity_id, display, account, route, choice, now
+            )
+            return self._result(held, choice, parsed, new=True)
 
         names = tuple(route.pool for route in choice.routes)
         logger.warning(
@@ -188,8 +212,8 @@ class Mapper:
         )
 
     def _pick_account(
-        self, session: Session, route: Route, now: datetime
-    ) -> Account | None:
+        self, conn: Connection, route: Route, now: datetime
+    ) -> Row[Any] | None:
         """Lock and return the best free account of the route's pool, or None.
 
         On PostgreSQL and MariaDB the candidates are locked with SKIP LOCKED,
@@ -199,24 +223,25 @@ class Mapper:
         retries rather than reporting the pool exhausted.
         """
         rejected: set[int] = set()
+        locking = conn.dialect.name != "sqlite"
         for query in self._candidate_queries(route, now):
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
-                if not is_sqlite(self.engine):
+                if locking:
                     stmt = stmt.with_for_update(skip_locked=True)
-                batch = session.scalars(stmt.limit(_BATCH)).all()
+                batch = conn.execute(stmt.limit(_BATCH)).all()
                 for account in batch:
                     if self._is_usable(account, now):
                         return account
                     rejected.add(account.id)
                 if len(batch) < _BATCH:
                     break
-        if not is_sqlite(self.engine) and _has_locked_free(session, route, rejected):
+        if locking and _has_locked_free(conn, route, rejected):
             raise _Retry("free accounts are locked by concurrent callers")
         return None
 
-    def _candidate_queries(self, route: Route, now: datetime) -> list:
-        free = select(Account).where(
+    def _candidate_queries(self, route: Route, now: datetime) -> list[Select]:
+        free = select(*_ACCOUNT_COLUMNS).where(
             Account.pool_id == route.pool_id, Account.state == "free"
         )
         never_used = free.where(Account.last_used_at.is_(None)).order_by(Account.number)
@@ -229,7 +254,7 @@ class Mapper:
         ).order_by(Account.free_since, Account.number)
         return [never_used, rested]
 
-    def _is_usable(self, account: Account, now: datetime) -> bool:
+    def _is_usable(self, account: Row[Any], now: datetime) -> bool:
         if account.last_used_at is not None and not _quiet_over(
             account, self.quiet, now
         ):
@@ -242,29 +267,33 @@ class Mapper:
         return True
 
     def _result(
-        self,
-        found: tuple[Lease, Account, Pool],
-        choice: Choice,
-        parsed: _Parsed,
-        *,
-        new: bool,
+        self, held: _Held, choice: Choice, parsed: _Parsed, *, new: bool
     ) -> Mapping:
-        lease, account, pool = found
         router = self._router[1] if self._router else Router(())
         secondary = router.secondary_gids(parsed.fqans, choice.fqan)
-        groups = (pool.gid, *(g for g in secondary if g != pool.gid))
+        groups = (held.gid, *(g for g in secondary if g != held.gid))
         return Mapping(
-            account=account.name,
-            uid=account.uid,
-            gid=pool.gid,
+            account=held.account,
+            uid=held.uid,
+            gid=held.gid,
             groups=groups,
-            pool=pool.name,
+            pool=held.pool,
             dn=parsed.dn.slash(),
             display=parsed.request.dn,
             fqan=str(choice.fqan) if choice.fqan else None,
-            lease_id=lease.id,
+            lease_id=held.lease_id,
             new=new,
         )
+
+
+_ACCOUNT_COLUMNS = (
+    Account.id,
+    Account.name,
+    Account.uid,
+    Account.number,
+    Account.last_used_at,
+    Account.quiet_waived_at,
+)
 
 
 class _Retry(Exception):
@@ -305,64 +334,121 @@ def retry_conflicts(engine: Engine, work: Callable[[Session], T]) -> T:
 
 
 def _open_lease(
-    session: Session, dn: DistinguishedName, choice: Choice
-) -> tuple[Lease, Account, Pool] | None:
-    identity = find_identity(session, dn)
-    if identity is None or not choice.routes:
+    conn: Connection, dn: DistinguishedName, choice: Choice
+) -> _Held | None:
+    """Return the person's open lease in the first matching pool, or None.
+
+    One indexed query: the identity by key hash, its open leases, and their
+    accounts and pools.
+    """
+    if not choice.routes:
         return None
+    rows = conn.execute(_OPEN_LEASES, {"key_hash": key_hash(X509, dn.key)}).all()
     order = {route.pool_id: i for i, route in enumerate(choice.routes)}
-    rows = session.execute(
-        select(Lease, Account, Pool)
-        .join(Account, Account.id == Lease.account_id)
-        .join(Pool, Pool.id == Lease.pool_id)
-        .where(
-            Lease.identity_id == identity.id,
-            Lease.open_marker == 1,
-            Lease.pool_id.in_(order),
-        )
-    ).all()
-    if not rows:
+    matching = [row for row in rows if row.pool_id in order]
+    if not matching:
         return None
-    lease, account, pool = min(rows, key=lambda row: order[row[0].pool_id])
-    return lease, account, pool
+    return _Held(*min(matching, key=lambda row: order[row.pool_id]))
+
+
+_OPEN_LEASES = (
+    select(
+        Lease.id,
+        Lease.pool_id,
+        Lease.last_used_at,
+        Account.name,
+        Account.uid,
+        Pool.name,
+        Pool.gid,
+    )
+    .select_from(Identity)
+    .join(Lease, Lease.identity_id == Identity.id)
+    .join(Account, Account.id == Lease.account_id)
+    .join(Pool, Pool.id == Lease.pool_id)
+    .where(Identity.key_hash == bindparam("key_hash"), Lease.open_marker == 1)
+)
+
+
+def _identity_for_lease(
+    conn: Connection, dn: DistinguishedName, now: datetime
+) -> tuple[int, str]:
+    """Return (id, display) of the person's identity, creating it if new.
+
+    A concurrent creation of the same person makes the insert fail on the
+    unique key hash; the whole unit of work is then retried and finds it.
+    """
+    digest = key_hash(X509, dn.key)
+    row = conn.execute(
+        select(Identity.id, Identity.display, Identity.display_lossy).where(
+            Identity.key_hash == digest
+        )
+    ).first()
+    display = dn.slash()
+    if row is None:
+        result = conn.execute(
+            insert(Identity).values(
+                kind=X509,
+                key=dn.key,
+                key_hash=digest,
+                display=display,
+                display_lossy=False,
+                created_at=now,
+            )
+        )
+        return _new_id(result), display
+    if row.display_lossy:
+        conn.execute(
+            update(Identity)
+            .where(Identity.id == row.id)
+            .values(display=display, display_lossy=False)
+        )
+        return row.id, display
+    return row.id, row.display
 
 
 def _start_lease(
     session: Session,
-    identity: Identity,
-    account: Account,
+    conn: Connection,
+    identity_id: int,
+    display: str,
+    account: Row[Any],
     route: Route,
     choice: Choice,
     now: datetime,
-) -> Lease:
-    lease = Lease(
-        account_id=account.id,
-        identity_id=identity.id,
-        pool_id=route.pool_id,
-        fqan=str(choice.fqan) if choice.fqan else None,
-        started_at=now,
-        last_used_at=now,
-        open_account_id=account.id,
-        open_marker=1,
+) -> _Held:
+    fqan = str(choice.fqan) if choice.fqan else None
+    result = conn.execute(
+        insert(Lease).values(
+            account_id=account.id,
+            identity_id=identity_id,
+            pool_id=route.pool_id,
+            fqan=fqan,
+            started_at=now,
+            last_used_at=now,
+            open_account_id=account.id,
+            open_marker=1,
+        )
     )
-    account.state = "leased"
-    session.add(lease)
-    session.flush()
+    lease_id = _new_id(result)
+    conn.execute(update(Account).where(Account.id == account.id).values(state="leased"))
     events.record(
         session,
         "lease_started",
         pool=route.pool,
         account=account.name,
-        identity_id=identity.id,
-        dn=identity.display,
-        lease_id=lease.id,
-        fqan=lease.fqan,
+        identity_id=identity_id,
+        dn=display,
+        lease_id=lease_id,
+        fqan=fqan,
         rule=route.rule.text,
+        at=now,
     )
-    return lease
+    return _Held(
+        lease_id, route.pool_id, now, account.name, account.uid, route.pool, route.gid
+    )
 
 
-def _quiet_over(account: Account, quiet: Duration, now: datetime) -> bool:
+def _quiet_over(account: Account | Row[Any], quiet: Duration, now: datetime) -> bool:
     last = account.last_used_at
     if last is None:
         return True
@@ -372,22 +458,30 @@ def _quiet_over(account: Account, quiet: Duration, now: datetime) -> bool:
     return quiet.after(last) <= now
 
 
-def _has_locked_free(session: Session, route: Route, rejected: set[int]) -> bool:
+def _new_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _has_locked_free(conn: Connection, route: Route, rejected: set[int]) -> bool:
     stmt = select(Account.id).where(
         Account.pool_id == route.pool_id, Account.state == "free"
     )
     if rejected:
         stmt = stmt.where(Account.id.not_in(rejected))
-    return session.scalars(stmt.limit(1)).first() is not None
+    return conn.execute(stmt.limit(1)).first() is not None
 
 
-def _dn_only_routes(session: Session, pool_name: str) -> list[Route]:
-    pool = session.scalars(
-        select(Pool).where(Pool.name == pool_name, Pool.retired_at.is_(None))
+def _dn_only_routes(conn: Connection, pool_name: str) -> list[Route]:
+    row = conn.execute(
+        select(Pool.id, Pool.name, Pool.gid, Pool.vo).where(
+            Pool.name == pool_name, Pool.retired_at.is_(None)
+        )
     ).first()
-    if pool is None:
+    if row is None:
         return []
-    return [Route(-1, pool.id, pool.name, pool.gid, parse_rule(f"/{pool.vo}"))]
+    return [Route(-1, row.id, row.name, row.gid, parse_rule(f"/{row.vo}"))]
 
 
 def _no_match_message(parsed: _Parsed) -> str:

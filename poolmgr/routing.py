@@ -9,7 +9,7 @@ considered, and still the first matching rule in rule order wins.
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from poolmgr.fqan import Fqan, FqanRule, parse_rule
@@ -44,7 +44,7 @@ class Router:
     routes: tuple[Route, ...]
 
     @classmethod
-    def load(cls, session: Session) -> "Router":
+    def load(cls, session: Session | Connection) -> "Router":
         """Read the rules of every live pool, in position order."""
         rows = session.execute(
             select(PoolRule.position, Pool.id, Pool.name, Pool.gid, PoolRule.rule)
