@@ -21,6 +21,7 @@ from poolmgr.timeutil import utcnow
 audit_logger = logging.getLogger("poolmgr.audit")
 _PENDING = "poolmgr_pending_log"
 _COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
+_INSERT = insert(Event)
 
 
 def record(
@@ -34,14 +35,13 @@ def record(
     """
     columns = {key: fields.pop(key) for key in _COLUMNS if key in fields}
     details = {k: v for k, v in fields.items() if v is not None}
-    session.connection().execute(
-        insert(Event).values(
-            at=at or utcnow(),
-            kind=kind,
-            details=json.dumps(details, default=str) if details else None,
-            **columns,
-        )
+    row = dict.fromkeys(_COLUMNS) | columns
+    row.update(
+        at=at or utcnow(),
+        kind=kind,
+        details=json.dumps(details, default=str) if details else None,
     )
+    session.connection().execute(_INSERT, row)
     queue_log(session, logging.INFO, kind, **columns, **details)
 
 

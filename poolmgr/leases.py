@@ -224,12 +224,13 @@ class Mapper:
         """
         rejected: set[int] = set()
         locking = conn.dialect.name != "sqlite"
-        for query in self._candidate_queries(route, now):
+        params = {"pool_id": route.pool_id, "cutoff": self.quiet.safe_cutoff(now)}
+        for query in self._candidate_queries():
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
                 if locking:
                     stmt = stmt.with_for_update(skip_locked=True)
-                batch = conn.execute(stmt.limit(_BATCH)).all()
+                batch = conn.execute(stmt.limit(_BATCH), params).all()
                 for account in batch:
                     if self._is_usable(account, now):
                         return account
@@ -240,15 +241,21 @@ class Mapper:
             raise _Retry("free accounts are locked by concurrent callers")
         return None
 
-    def _candidate_queries(self, route: Route, now: datetime) -> list[Select]:
+    def _candidate_queries(self) -> list[Select]:
+        """Return the free-account queries in preference order.
+
+        Never-used accounts first, by number; then accounts whose quiet
+        period may be over, the longest free first. Parameters: pool_id,
+        cutoff (a loose bound, checked exactly by _is_usable).
+        """
         free = select(*_ACCOUNT_COLUMNS).where(
-            Account.pool_id == route.pool_id, Account.state == "free"
+            Account.pool_id == bindparam("pool_id"), Account.state == "free"
         )
         never_used = free.where(Account.last_used_at.is_(None)).order_by(Account.number)
         rested = free.where(
             Account.last_used_at.is_not(None),
             or_(
-                Account.last_used_at <= self.quiet.safe_cutoff(now),
+                Account.last_used_at <= bindparam("cutoff"),
                 Account.quiet_waived_at.is_not(None),
             ),
         ).order_by(Account.free_since, Account.number)
@@ -378,24 +385,18 @@ def _identity_for_lease(
     unique key hash; the whole unit of work is then retried and finds it.
     """
     digest = key_hash(X509, dn.key)
-    row = conn.execute(
-        select(Identity.id, Identity.display, Identity.display_lossy).where(
-            Identity.key_hash == digest
-        )
-    ).first()
+    row = conn.execute(_IDENTITY_BY_HASH, {"key_hash": digest}).first()
     display = dn.slash()
     if row is None:
-        result = conn.execute(
-            insert(Identity).values(
-                kind=X509,
-                key=dn.key,
-                key_hash=digest,
-                display=display,
-                display_lossy=False,
-                created_at=now,
-            )
-        )
-        return _new_id(result), display
+        values = {
+            "kind": X509,
+            "key": dn.key,
+            "key_hash": digest,
+            "display": display,
+            "display_lossy": False,
+            "created_at": now,
+        }
+        return _new_id(conn.execute(insert(Identity), values)), display
     if row.display_lossy:
         conn.execute(
             update(Identity)
@@ -404,6 +405,14 @@ def _identity_for_lease(
         )
         return row.id, display
     return row.id, row.display
+
+
+_IDENTITY_BY_HASH = select(Identity.id, Identity.display, Identity.display_lossy).where(
+    Identity.key_hash == bindparam("key_hash")
+)
+_LEASE_ACCOUNT = (
+    update(Account).where(Account.id == bindparam("account_id")).values(state="leased")
+)
 
 
 def _start_lease(
@@ -417,20 +426,18 @@ def _start_lease(
     now: datetime,
 ) -> _Held:
     fqan = str(choice.fqan) if choice.fqan else None
-    result = conn.execute(
-        insert(Lease).values(
-            account_id=account.id,
-            identity_id=identity_id,
-            pool_id=route.pool_id,
-            fqan=fqan,
-            started_at=now,
-            last_used_at=now,
-            open_account_id=account.id,
-            open_marker=1,
-        )
-    )
-    lease_id = _new_id(result)
-    conn.execute(update(Account).where(Account.id == account.id).values(state="leased"))
+    values = {
+        "account_id": account.id,
+        "identity_id": identity_id,
+        "pool_id": route.pool_id,
+        "fqan": fqan,
+        "started_at": now,
+        "last_used_at": now,
+        "open_account_id": account.id,
+        "open_marker": 1,
+    }
+    lease_id = _new_id(conn.execute(insert(Lease), values))
+    conn.execute(_LEASE_ACCOUNT, {"account_id": account.id})
     events.record(
         session,
         "lease_started",
