@@ -8,6 +8,7 @@ first, every problem is listed at once, and nothing is written when any is
 found. Routing comes next, from groups.conf (poolmgr/groupsconf.py).
 """
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from poolmgr import events, nss
 from poolmgr.errors import BadInputError, ConflictError
 from poolmgr.models import Account, Pool
+from poolmgr.pools import used_uids
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
 from poolmgr.yaim import UserLine, parse_users_conf, read_text
@@ -115,7 +117,8 @@ def plan_pools(lines: list[UserLine]) -> tuple[list[PlannedPool], list[str]]:
 
     plans = []
     for prefix in sorted(members):
-        plan, pool_problems = _plan_pool(prefix, sorted(members[prefix]))
+        ordered = sorted(members[prefix], key=lambda member: member[:2])
+        plan, pool_problems = _plan_pool(prefix, ordered)
         problems += pool_problems
         if plan is not None:
             plans.append(plan)
@@ -172,13 +175,15 @@ def _show(value: object) -> str:
 
 
 def _numbering(numbers: list[int]) -> str:
+    size = len(numbers)
     present = set(numbers)
-    missing = [str(n) for n in range(1, max(numbers) + 1) if n not in present]
-    parts = ["has number 0"] if 0 in present else []
-    if len(set(numbers)) < len(numbers):
-        parts.append("repeats a number")
+    missing = [str(n) for n in range(1, size + 1) if n not in present]
+    beyond = [str(n) for n in sorted(present) if not 1 <= n <= size]
+    parts = ["repeats a number"] if len(present) < size else []
     if missing:
         parts.append("misses " + _span(missing))
+    if beyond:
+        parts.append("has " + _span(beyond))
     return ", ".join(parts)
 
 
@@ -305,28 +310,32 @@ def _group_collisions(pools: list[Pool], plans: list[PlannedPool]) -> list[str]:
 
 
 def _block_overlaps(pools: list[Pool], plans: list[PlannedPool]) -> list[str]:
-    # Sync reserves first_uid .. first_uid + 10**digits - 1 for each pool and
-    # refuses overlapping blocks (pools._pool_conflicts); an import it would
-    # refuse must be refused here, before any account is written.
-    blocks = [(p.name, p.first_uid, p.first_uid + 10**p.digits) for p in pools]
-    blocks += [(p.name, p.first_uid, p.first_uid + 10**p.digits) for p in plans]
+    # Sync refuses pools whose used uids overlap (pools.used_uids); an import
+    # it would refuse must be refused here, before any account is written.
+    ranges = [(p.name, used_uids(p.first_uid, p.size, p.size)) for p in pools]
+    ranges += [(p.name, _plan_uids(p)) for p in plans]
     problems = []
     reported: set[frozenset[str]] = set()
     for plan in plans:
-        start, end = plan.first_uid, plan.first_uid + 10**plan.digits
-        uids = [line.uid for line in plan.accounts]
-        for name, low, high in blocks:
+        mine = _plan_uids(plan)
+        for name, used in ranges:
             pair = frozenset((plan.name, name))
             if len(pair) == 1 or pair in reported:
                 continue
-            if (low < end and start < high) or any(low <= u < high for u in uids):
+            if mine.start < used.stop and used.start < mine.stop:
                 reported.add(pair)
                 problems.append(
-                    f"{plan.where}: uid block {start}-{end - 1} of pool {plan.name} "
-                    f"overlaps pool {name} ({low}-{high - 1}); sync reserves "
-                    "10^digits uids for each pool."
+                    f"{plan.where}: uids {mine.start}-{mine.stop - 1} of pool "
+                    f"{plan.name} overlap uids {used.start}-{used.stop - 1} of "
+                    f"pool {name}."
                 )
     return problems
+
+
+def _plan_uids(plan: PlannedPool) -> range:
+    uids = [line.uid for line in plan.accounts]
+    span = used_uids(plan.first_uid, len(plan.accounts), len(plan.accounts))
+    return range(min(span.start, *uids), max(span.stop, max(uids) + 1))
 
 
 def _nss_conflicts(lines: list[UserLine]) -> tuple[list[str], list[str]]:
@@ -355,7 +364,7 @@ def _nss_conflicts(lines: list[UserLine]) -> tuple[list[str], list[str]]:
 
 def refuse(what: str, syntax: list[str], problems: list[str]) -> None:
     """Raise listing every problem (BadInputError if any line is unreadable)."""
-    found = syntax + problems
+    found = sorted(syntax + problems, key=_line_number)
     if not found:
         return
     shown = found[:MAX_REPORTED]
@@ -366,6 +375,11 @@ def refuse(what: str, syntax: list[str], problems: list[str]) -> None:
         + "\n  ".join(shown)
     )
     raise (BadInputError if syntax else ConflictError)(message)
+
+
+def _line_number(problem: str) -> float:
+    match = re.search(r":([0-9]+): ", problem)
+    return int(match[1]) if match else math.inf
 
 
 def _create_pool(session: Session, plan: PlannedPool, now: datetime) -> None:

@@ -211,6 +211,28 @@ def _uid_blocks(session: Session) -> list[tuple[Pool, int]]:
     return [(pool, pool.first_uid + 10**pool.digits) for pool in pools]
 
 
+def used_uids(first_uid: int, size: int, highest: int) -> range:
+    """Return the uids a pool uses: accounts 1 .. max(size, highest number).
+
+    Pools of an adopted site sit back to back (atlas 20001-20500, atlasprd
+    20501-20520), so pools conflict only where the uids they use or will
+    use at their size overlap, not where their 10**digits blocks would.
+    """
+    return range(first_uid + 1, first_uid + max(size, highest) + 1)
+
+
+def _used_ranges(session: Session) -> list[tuple[Pool, range]]:
+    highest = dict(
+        session.execute(
+            select(Account.pool_id, func.max(Account.number)).group_by(Account.pool_id)
+        ).all()
+    )
+    return [
+        (pool, used_uids(pool.first_uid, pool.size, highest.get(pool.id) or 0))
+        for pool in session.scalars(select(Pool))
+    ]
+
+
 def _check_conflicts(session: Session, settings: Settings, pools: list[Pool]) -> None:
     problems: list[str] = []
     for pool in pools:
@@ -228,13 +250,28 @@ def _pool_conflicts(session: Session, pool: Pool) -> list[str]:
             f"pool {pool.name} cannot hold {pool.size} accounts with "
             f"{pool.digits} digits (set pools.{pool.name}.digits)"
         )
-    end = pool.first_uid + 10**pool.digits
-    for other, other_end in _uid_blocks(session):
-        if other.id != pool.id and other.first_uid < end and pool.first_uid < other_end:
+    ranges = _used_ranges(session)
+    mine = next(used for other, used in ranges if other.id == pool.id)
+    for other, used in ranges:
+        if other.id != pool.id and mine.start < used.stop and used.start < mine.stop:
             problems.append(
-                f"uid block {pool.first_uid}-{end - 1} of pool {pool.name} "
-                f"overlaps pool {other.name}"
+                f"uids {mine.start}-{mine.stop - 1} of pool {pool.name} overlap "
+                f"uids {used.start}-{used.stop - 1} of pool {other.name}"
             )
+    taken = session.scalars(
+        select(Account.name)
+        .where(
+            Account.pool_id != pool.id,
+            Account.uid >= mine.start,
+            Account.uid < mine.stop,
+        )
+        .limit(3)
+    ).all()
+    if taken:
+        problems.append(
+            f"uids {mine.start}-{mine.stop - 1} of pool {pool.name} are already "
+            f"used by {', '.join(taken)}"
+        )
     sharing = session.scalars(
         select(Pool).where(Pool.id != pool.id, Pool.gid == pool.gid)
     ).first()

@@ -135,9 +135,9 @@ def test_renumbering_a_pool_with_accounts_is_refused(engine):
 
 def test_overlapping_uid_blocks_are_refused_and_nothing_changes(engine):
     settings = make_settings(
-        pools={"atlas": {"first_uid": 50000}, "cms": {"first_uid": 50500}}
+        pools={"atlas": {"first_uid": 50000, "size": 600}, "cms": {"first_uid": 50500}}
     )
-    with pytest.raises(ConflictError, match="overlaps pool"):
+    with pytest.raises(ConflictError, match="of pool atlas overlap uids 50501-50502"):
         sync(
             engine,
             settings,
