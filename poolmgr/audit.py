@@ -3,8 +3,10 @@
 ``build_report`` gathers, per pool, capacity and occupancy; the leases that
 may be recycled now and those due within 30 days; the overrides and failed
 cleanups of the period; the accounts out of service; how long open leases
-have been idle; and the check of the whole lease history
-(``history.verify_history``). ``audit_formats`` renders it as text tables,
+have been idle; the check of the whole lease history
+(``history.verify_history``); and the bans in force, the frozen and held
+accounts, and the period's bans, holds and refused mappings
+(``banviews.ban_audit``). ``audit_formats`` renders it as text tables,
 JSON or CSV, ``audit_html`` as one self-contained HTML page.
 """
 
@@ -17,6 +19,7 @@ from dateutil.relativedelta import relativedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from poolmgr.banviews import BanAudit, ban_audit
 from poolmgr.history import HistoryCheck, verify_history
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, due_at
@@ -110,6 +113,7 @@ class AuditReport:
     cleanup_failures: list[EventEntry]
     out_of_service: list[OutOfService]
     history: HistoryCheck
+    bans: BanAudit
 
 
 def build_report(
@@ -134,6 +138,7 @@ def build_report(
         cleanup_failures=_events(session, "cleanup_failed", since),
         out_of_service=_out_of_service(session),
         history=verify_history(session, settings.quiet),
+        bans=ban_audit(session, since),
     )
 
 

@@ -19,7 +19,11 @@ filled as each section needs:
 - ``out_of_service``: pool, account, dn = last holder, time = since when;
 - ``violation``: pool, account, dn and lease_id of the new holder, time = its
   start, until = end of the quiet period, text = the problem and the
-  previous lease.
+  previous lease;
+- ``restricted``: pool, account, dn = holder, text = frozen and/or held and
+  why;
+- ``ban_event``: time, actor, account or dn = subject, text = the event kind
+  and its detail.
 """
 
 import csv
@@ -31,6 +35,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from poolmgr.audit import DUE_WINDOW, AuditReport, DueLease, PoolOccupancy
+from poolmgr.banviews import BanAudit
 from poolmgr.history import HistoryCheck, Violation, show_time
 from poolmgr.timeutil import format_time
 
@@ -136,6 +141,29 @@ def sections(report: AuditReport) -> list[Section]:
             + ["Previous DN"],
             [_violation_cells(v) for v in report.history.violations],
             history_verdict(report.history),
+        ),
+        *ban_sections(report.bans),
+    ]
+
+
+def ban_sections(bans: BanAudit) -> list[Section]:
+    """Return the tables of frozen and held accounts and of the period's events."""
+    return [
+        Section(
+            "restricted",
+            "Frozen and held accounts now (never recycled)",
+            len(bans.restricted),
+            ["Account", "Pool", "Status", "Why", "Holder"],
+            [[r.account, r.pool, r.status, r.why, r.holder] for r in bans.restricted],
+            f"{bans.hand_bans} ban(s) entered by hand and {bans.source_bans} "
+            "read from central lists are in force.",
+        ),
+        Section(
+            "ban_events",
+            "Bans, holds and refused mappings in the period",
+            len(bans.events),
+            ["Time", "Event", "By", "Subject", "Detail"],
+            [[e.at, e.kind, e.actor, e.subject, e.detail] for e in bans.events],
         ),
     ]
 
@@ -250,6 +278,20 @@ def _csv_rows(report: AuditReport) -> Iterable[dict[str, Any]]:
             until=v.quiet_until,
             text=f"{v.problem}; previous lease {v.previous_lease_id} "
             f"of {v.previous_dn}",
+        )
+    for kept in report.bans.restricted:
+        text = f"{kept.status}: {kept.why}"
+        yield _csv(
+            "restricted",
+            pool=kept.pool,
+            account=kept.account,
+            dn=kept.holder,
+            text=text,
+        )
+    for event in report.bans.events:
+        text = f"{event.kind}: {event.detail}"
+        yield _csv(
+            "ban_event", time=event.at, actor=event.actor, dn=event.subject, text=text
         )
 
 

@@ -170,7 +170,7 @@ def _order_warnings(
 ) -> list[str]:
     warnings = []
     for vo, pools in sorted(serves.items()):
-        written = [rule for rules in pools.values() for rule in rules]
+        written = list(dict.fromkeys(r for rules in pools.values() for r in rules))
         in_file = list(dict.fromkeys(line.rule for line in lines if line.vo == vo))
         if [rule for rule in in_file if rule in written] != written:
             warnings.append(

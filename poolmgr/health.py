@@ -22,6 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from poolmgr import db, migrate, nss
+from poolmgr.banviews import ban_health
+from poolmgr.errors import DatabaseUnavailableError
 from poolmgr.models import Account, Pool
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
@@ -117,7 +119,7 @@ def probe(
         )
     try:
         return run_checks(settings, options, now)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DatabaseUnavailableError) as exc:
         return HealthReport((_unavailable(settings.database_url(), exc),))
     except Exception as exc:  # noqa: BLE001  (a probe must answer)
         message = f"check failed: {type(exc).__name__}: {exc}"
@@ -153,17 +155,11 @@ def _run_one(name: str, check: Check, context: CheckContext) -> CheckResult:
 
 def check_database(url: str) -> CheckResult:
     """Return CRITICAL unless the database answers with the current schema."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (
-        None,
-        "",
-        ":memory:",
-    ):
-        path = Path(parsed.database or "").expanduser()
-        if not path.exists():
-            return CheckResult(
-                "database", Status.CRITICAL, f"database file {path} does not exist"
-            )
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        return CheckResult(
+            "database", Status.CRITICAL, f"database file {missing} does not exist"
+        )
     try:
         status = migrate.status(db.get_engine(url))
     except SQLAlchemyError as exc:
@@ -180,14 +176,27 @@ def check_database(url: str) -> CheckResult:
     )
 
 
+def _missing_sqlite_file(url: str) -> Path | None:
+    # Connecting would create an empty file; a probe must not.
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        return None
+    path = Path(parsed.database or "").expanduser()
+    return None if path.exists() else path
+
+
 def _unavailable(url: str, exc: Exception) -> CheckResult:
-    where = make_url(url).render_as_string(hide_password=True)
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
-    return CheckResult(
-        "database",
-        Status.CRITICAL,
-        f"database {where} is unavailable: {detail[0][:200]}",
-    )
+    if isinstance(exc, DatabaseUnavailableError):
+        detail = str(exc)
+    else:
+        where = make_url(url).render_as_string(hide_password=True)
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+        detail = f"database {where} is unavailable: {text[0][:200]}"
+    return CheckResult("database", Status.CRITICAL, detail)
 
 
 def check_pools(context: CheckContext) -> CheckResult:
@@ -199,9 +208,7 @@ def check_pools(context: CheckContext) -> CheckResult:
             select(Account.pool_id, func.count())
             .where(Account.state != "retired")
             .group_by(Account.pool_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     pools = session.scalars(
         select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
@@ -246,7 +253,7 @@ def available_accounts(
             Account.last_used_at <= quiet.before(now),
         )
     ).group_by(Account.pool_id)
-    counts: dict[int, int] = defaultdict(int, session.execute(surely).tuples().all())
+    counts: dict[int, int] = defaultdict(int, session.execute(surely).all())
     borderline = select(Account.pool_id, Account.last_used_at).where(
         Account.state == "free",
         Account.quiet_waived_at.is_(None),
@@ -329,8 +336,15 @@ def _names(items: list[str]) -> str:
     return ", ".join(items[:MAX_NAMED]) + f" and {len(items) - MAX_NAMED} more"
 
 
+def check_bans(context: CheckContext) -> CheckResult:
+    """Return CRITICAL for a ban list never read, WARNING for a failing one."""
+    level, line = ban_health(context.session, context.settings, context.now)
+    return CheckResult("bans", Status(level), line)
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("pools", check_pools),
     ("nss", check_nss),
     ("accounts", check_out_of_service),
+    ("bans", check_bans),
 ]

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Row,
     Select,
     bindparam,
+    exists,
     insert,
     or_,
     select,
@@ -33,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from poolmgr import events, nss
+from poolmgr.banguard import BanGuard
 from poolmgr.db import is_conflict, reading, unit_of_work
 from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.errors import (
@@ -42,11 +44,12 @@ from poolmgr.errors import (
     PoolExhaustedError,
 )
 from poolmgr.fqan import Fqan, parse_fqan, parse_rule
+from poolmgr.holds import IS_HELD
 from poolmgr.identities import X509, key_hash
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.routing import Choice, Route, Router
 from poolmgr.settings import Settings
-from poolmgr.timeutil import Duration, utcnow
+from poolmgr.timeutil import Duration, format_time, utcnow
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +109,8 @@ class _Held(NamedTuple):
     uid: int
     pool: str
     gid: int
+    identity_id: int
+    display_lossy: bool
 
 
 class Mapper:
@@ -120,6 +125,7 @@ class Mapper:
         self.resolution = timedelta(seconds=settings.last_use_resolution)
         self._router_ttl = router_ttl
         self._router: tuple[float, Router] | None = None
+        self.bans = BanGuard(engine, settings)
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
         """Return the mapping for request, creating or refreshing its lease.
@@ -130,10 +136,13 @@ class Mapper:
         parsed = parse_request(request)
         now = now or utcnow()
         with reading(self.engine) as conn:
+            # Before any lease is read or written, in every mode (issue 6).
+            self.bans.check(parsed.dn, parsed.fqans, conn)
             choice = self._choose(conn, parsed)
             held = _open_lease(conn, parsed.dn, choice)
         if held is not None and (
-            request.verify or now - held.last_used_at < self.resolution
+            request.verify
+            or (now - held.last_used_at < self.resolution and not held.display_lossy)
         ):
             return self._result(held, choice, parsed, new=False)
         if request.verify:
@@ -171,6 +180,14 @@ class Mapper:
         conn = session.connection()
         held = _open_lease(conn, parsed.dn, choice)
         if held is not None:
+            if held.display_lossy:
+                # The lease came from a lowercased gridmapdir name; the DN as
+                # now presented restores its letter case for display (F03).
+                conn.execute(
+                    update(Identity)
+                    .where(Identity.id == held.identity_id)
+                    .values(display=parsed.dn.slash(), display_lossy=False)
+                )
             conn.execute(
                 update(Lease)
                 .where(Lease.id == held.lease_id, Lease.last_used_at < now)
@@ -182,7 +199,7 @@ class Mapper:
 
         identity_id, display = _identity_for_lease(conn, parsed.dn, now)
         for index, route in enumerate(choice.routes):
-            account = self._pick_account(conn, route, now)
+            account = self._pick_account(conn, route, now, identity_id)
             if account is None:
                 continue
             if index:
@@ -212,7 +229,7 @@ class Mapper:
         )
 
     def _pick_account(
-        self, conn: Connection, route: Route, now: datetime
+        self, conn: Connection, route: Route, now: datetime, identity_id: int
     ) -> Row[Any] | None:
         """Lock and return the best free account of the route's pool, or None.
 
@@ -224,7 +241,11 @@ class Mapper:
         """
         rejected: set[int] = set()
         locking = conn.dialect.name != "sqlite"
-        params = {"pool_id": route.pool_id, "cutoff": self.quiet.safe_cutoff(now)}
+        params = {
+            "pool_id": route.pool_id,
+            "cutoff": self.quiet.safe_cutoff(now),
+            "requester": identity_id,
+        }
         for query in self._candidate_queries():
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
@@ -245,11 +266,25 @@ class Mapper:
         """Return the free-account queries in preference order.
 
         Never-used accounts first, by number; then accounts whose quiet
-        period may be over, the longest free first. Parameters: pool_id,
-        cutoff (a loose bound, checked exactly by _is_usable).
+        period may be over, the longest free first. Accounts under an
+        incident hold are never offered. Parameters: pool_id, cutoff (a
+        loose bound, checked exactly by _is_usable).
         """
-        free = select(*_ACCOUNT_COLUMNS).where(
-            Account.pool_id == bindparam("pool_id"), Account.state == "free"
+        # An override waives the quiet period for everybody except the person
+        # whose lease it ended: they get a different account.
+        waived_for_requester = (
+            exists()
+            .where(
+                Lease.account_id == Account.id,
+                Lease.identity_id == bindparam("requester"),
+                Lease.ended_at == Account.quiet_waived_at,
+            )
+            .label("waived_for_requester")
+        )
+        free = select(*_ACCOUNT_COLUMNS, waived_for_requester).where(
+            Account.pool_id == bindparam("pool_id"),
+            Account.state == "free",
+            ~IS_HELD,
         )
         never_used = free.where(Account.last_used_at.is_(None)).order_by(Account.number)
         rested = free.where(
@@ -367,6 +402,8 @@ _OPEN_LEASES = (
         Account.uid,
         Pool.name,
         Pool.gid,
+        Identity.id,
+        Identity.display_lossy,
     )
     .select_from(Identity)
     .join(Lease, Lease.identity_id == Identity.id)
@@ -451,7 +488,15 @@ def _start_lease(
         at=now,
     )
     return _Held(
-        lease_id, route.pool_id, now, account.name, account.uid, route.pool, route.gid
+        lease_id,
+        route.pool_id,
+        now,
+        account.name,
+        account.uid,
+        route.pool,
+        route.gid,
+        identity_id,
+        False,
     )
 
 
@@ -460,7 +505,8 @@ def _quiet_over(account: Account | Row[Any], quiet: Duration, now: datetime) -> 
     if last is None:
         return True
     waived = account.quiet_waived_at
-    if waived is not None and waived >= last:
+    against = getattr(account, "waived_for_requester", False)
+    if waived is not None and waived >= last and not against:
         return True
     return quiet.after(last) <= now
 
@@ -473,7 +519,7 @@ def _new_id(result: CursorResult[Any]) -> int:
 
 def _has_locked_free(conn: Connection, route: Route, rejected: set[int]) -> bool:
     stmt = select(Account.id).where(
-        Account.pool_id == route.pool_id, Account.state == "free"
+        Account.pool_id == route.pool_id, Account.state == "free", ~IS_HELD
     )
     if rejected:
         stmt = stmt.where(Account.id.not_in(rejected))
@@ -544,6 +590,6 @@ def end_lease(
         actor=actor,
         reason=note,
         end_reason=reason,
-        last_use=lease.last_used_at,
+        last_use=format_time(lease.last_used_at),
         quiet_waived=waive_quiet or None,
     )

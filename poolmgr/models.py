@@ -203,3 +203,129 @@ class PoolRule(Base):
     rule: Mapped[str] = mapped_column(String(1024))
 
     pool: Mapped[Pool] = relationship()
+
+
+class BanSync(Base):
+    """One attempt to read a central ban list, whatever its outcome.
+
+    The bans a sync added and lifted point back at it (added_sync_id,
+    removed_sync_id), so what each sync changed stays answerable.
+    """
+
+    __tablename__ = "ban_syncs"
+
+    id: Mapped[intpk]
+    source: Mapped[str] = mapped_column(String(32))
+    location: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    at: Mapped[created]
+    actor: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(
+        String(12), comment="accepted, rejected (bad content) or unreadable"
+    )
+    entries: Mapped[int | None] = mapped_column(comment="entries in an accepted list")
+    added: Mapped[int] = mapped_column(default=0)
+    removed: Mapped[int] = mapped_column(default=0)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('accepted', 'rejected', 'unreadable')", name="status"
+        ),
+        Index("ix_ban_syncs_source_status_at", "source", "status", "at"),
+    )
+
+
+class Ban(Base):
+    """One ban entry: a person's DN, a DN pattern, an FQAN or an FQAN pattern.
+
+    Hand bans have origin 'hand'; bans read from a central list have origin
+    'source:<name>' and only that source's syncs add or lift them. A lifted
+    ban keeps its row (lifted_at set, active NULL), so who was banned when
+    stays on record; at most one ban per origin and key is in force.
+    """
+
+    __tablename__ = "bans"
+
+    id: Mapped[intpk]
+    kind: Mapped[str] = mapped_column(
+        String(12), comment="dn, dn-pattern, fqan or fqan-pattern"
+    )
+    entry: Mapped[str] = mapped_column(Text, comment="as written on the list or CLI")
+    key: Mapped[str] = mapped_column(Text, comment="canonical form that is compared")
+    key_hash: Mapped[str] = mapped_column(
+        String(64), comment="sha256 of kind and key; for dn equal to identities'"
+    )
+    origin: Mapped[str] = mapped_column(String(40), comment="hand or source:<name>")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[created]
+    created_by: Mapped[str] = mapped_column(String(128))
+    added_sync_id: Mapped[int | None] = mapped_column(ForeignKey("ban_syncs.id"))
+    lifted_at: Mapped[when]
+    lifted_by: Mapped[str | None] = mapped_column(String(128))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+    removed_sync_id: Mapped[int | None] = mapped_column(ForeignKey("ban_syncs.id"))
+    active: Mapped[int | None] = mapped_column(
+        SmallInteger, comment="1 while in force, NULL once lifted"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("origin", "key_hash", "active"),
+        CheckConstraint(
+            "kind IN ('dn', 'dn-pattern', 'fqan', 'fqan-pattern')", name="kind"
+        ),
+        CheckConstraint(
+            "(lifted_at IS NULL AND COALESCE(active, 0) = 1)"
+            " OR (lifted_at IS NOT NULL AND active IS NULL)",
+            name="active_state",
+        ),
+        Index("ix_bans_key_hash_active", "key_hash", "active"),
+        Index("ix_bans_active_kind", "active", "kind"),
+    )
+
+
+class BanState(Base):
+    """A single row whose version changes in every transaction that changes bans.
+
+    Mappers cache the ban list and compare this version on every request,
+    so a change reaches running services at their very next mapping. The
+    version is random, not a counter, so a restored backup can never bring
+    back a version a running mapper has cached with other contents.
+    """
+
+    __tablename__ = "ban_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    version: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[created]
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class Hold(Base):
+    """An incident hold: the account stays out of circulation and recycling."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[intpk]
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    started_at: Mapped[created]
+    started_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    released_at: Mapped[when]
+    released_by: Mapped[str | None] = mapped_column(String(128))
+    release_reason: Mapped[str | None] = mapped_column(Text)
+    open_account_id: Mapped[int | None] = mapped_column(
+        unique=True, comment="account_id while the hold stands, NULL once released"
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "(released_at IS NULL AND COALESCE(open_account_id, -1) = account_id)"
+            " OR (released_at IS NOT NULL AND open_account_id IS NULL"
+            " AND release_reason IS NOT NULL)",
+            name="open_state",
+        ),
+        Index("ix_holds_account_started", "account_id", "started_at"),
+    )

@@ -334,7 +334,8 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
         account = accounts[number]
         if number <= target or account.state == "retired":
             continue
-        if account.state == "leased":
+        if account.state != "free":
+            # Leased, or out of service until its cleanup succeeds.
             kept.append(account.name)
             continue
         account.state, account.retired_at = "retired", now
@@ -349,8 +350,8 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
             result.changes.append(Change(kind, pool.name, _span(names)))
     if kept:
         result.warnings.append(
-            f"pool {pool.name}: {len(kept)} leased surplus account(s) kept until "
-            f"their leases end: {_span(kept)}"
+            f"pool {pool.name}: {len(kept)} surplus account(s) in use or being "
+            f"cleaned are kept until they are free: {_span(kept)}"
         )
 
 

@@ -11,13 +11,16 @@ and a crash at any point leaves it out of service rather than handed out:
 4. on success the account becomes free; on failure a ``cleanup_failed``
    event is recorded and the account stays out of service.
 
+An account under an incident hold, or whose lease is frozen because its
+holder is banned, is neither ended nor cleaned (holds.recycle_blocks): the
+investigation needs it as it is.
+
 Every run first retries the accounts still out of service. The periodic run
 reads only open leases whose last use is before the quiet period's loose
 cutoff, in keyset batches over the index on (open_marker, last_used_at), and
 checks each one exactly, so its cost and memory do not grow with history.
 """
 
-import logging
 import os
 import pwd
 from collections.abc import Iterator
@@ -41,13 +44,12 @@ from sqlalchemy.orm import Session
 from poolmgr import events
 from poolmgr.db import is_sqlite, unit_of_work
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError
+from poolmgr.holds import recycle_blocks
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.settings import Settings
 from poolmgr.site_commands import CommandResult, Runner, run_command
 from poolmgr.timeutil import Duration, format_time, utcnow
-
-logger = logging.getLogger(__name__)
 
 QUIET_PERIOD = "quiet_period"
 OVERRIDE = "override"
@@ -166,17 +168,28 @@ class Recycler:
 
         Yields one Outcome per action as it happens. A dry run yields the plan
         (``would_retry``, ``would_recycle``), runs no command and changes nothing.
+        Accounts under an incident hold or with a frozen lease (a banned
+        holder) are neither ended nor cleaned; they are reported as blocked.
         """
         now = now or utcnow()
+        with unit_of_work(self.engine, write=False) as session:
+            blocks = recycle_blocks(session)
         for target in self._out_of_service():
-            yield Outcome("would_retry", target) if dry_run else self._clean(target)
+            if target.account_id in blocks:
+                yield Outcome("blocked", target, blocks[target.account_id])
+            elif dry_run:
+                yield Outcome("would_retry", target)
+            else:
+                yield self._clean(target, now)
         for target in self._past_quiet(now):
-            if not dry_run:
+            if target.account_id in blocks:
+                yield Outcome("blocked", target, blocks[target.account_id])
+            elif not dry_run:
                 yield from self._recycle(target, now)
-                continue
-            assert target.last_use is not None
-            due = due_at(self.quiet, target.last_use)
-            yield Outcome("would_recycle", target, f"due {format_time(due)}")
+            else:
+                assert target.last_use is not None
+                due = due_at(self.quiet, target.last_use)
+                yield Outcome("would_recycle", target, f"due {format_time(due)}")
 
     def force(
         self,
@@ -190,42 +203,54 @@ class Recycler:
         """Recycle one account inside its quiet period, as a recorded override.
 
         Raises BadInputError without a reason, NotFoundError for an unknown
-        account, PolicyError when it has no open lease or the in-use check
-        says it is in use (unless ignore_in_use, which is recorded too).
+        account, PolicyError when it has no open lease, is held or frozen, or
+        the in-use check says it is in use (unless ignore_in_use, which is
+        recorded too).
         """
         reason = check_reason(reason)
         now = now or utcnow()
         target = replace(self._open_target(account), reason=OVERRIDE)
+        with unit_of_work(self.engine, write=False) as session:
+            blocked = recycle_blocks(session, [target.account_id])
+        if blocked:
+            why = blocked[target.account_id]
+            raise PolicyError(
+                f"Account {account!r} cannot be recycled: {why}; release the hold "
+                "or lift the ban first."
+            )
         if dry_run:
             return [Outcome("would_override", target, reason)]
-        if not ignore_in_use:
-            busy = self._in_use(target)
-            if busy is not None:
-                raise PolicyError(
-                    f"Account {account!r} is in use ({busy}); add --ignore-in-use "
-                    "to recycle it anyway."
-                )
+        busy = None if ignore_in_use else self._in_use(target)
+        if busy is not None:
+            raise PolicyError(
+                f"Account {account!r} is in use ({busy[1]}); add --ignore-in-use "
+                "to recycle it anyway."
+            )
         ended = self._end(target, now, override=reason, ignore_in_use=ignore_in_use)
         if ended is None:
             raise PolicyError(f"Account {account!r} has no open lease any more.")
-        return [Outcome(OVERRIDE, ended, reason), self._clean(ended)]
+        return [Outcome(OVERRIDE, ended, reason), self._clean(ended, now)]
 
     def _recycle(self, target: Target, now: datetime) -> Iterator[Outcome]:
         busy = self._in_use(target)
         if busy is not None:
-            action = "postponed" if busy == "in use" else "check_failed"
+            action, why = busy
             with unit_of_work(self.engine) as session:
-                self._record(session, target, "in_use_postponed", reason=busy)
-            yield Outcome(action, target, busy)
+                self._record(session, target, "in_use_postponed", now, reason=why)
+            yield Outcome(action, target, why)
             return
         ended = self._end(target, now)
         if ended is None:
-            yield Outcome("skipped", target, "used again or ended meanwhile")
+            yield Outcome("skipped", target, "used, ended or held meanwhile")
             return
-        yield self._clean(ended)
+        yield self._clean(ended, now)
 
-    def _in_use(self, target: Target) -> str | None:
-        """Return why the account counts as in use, or None when it is not."""
+    def _in_use(self, target: Target) -> tuple[str, str] | None:
+        """Return (action, why) when the account counts as in use, else None.
+
+        The check exits 0 for in use and 1 for not in use; anything else is
+        a failed check, and the account counts as in use.
+        """
         command = self.settings.recycle.in_use_command
         if command is None:
             return None
@@ -233,8 +258,8 @@ class Recycler:
         if result.status == 1:
             return None
         if result.status == 0:
-            return "in use"
-        return f"in-use check failed: {result.describe()}"
+            return "postponed", "in use"
+        return "check_failed", f"in-use check failed: {result.describe()}"
 
     def _end(
         self,
@@ -253,7 +278,7 @@ class Recycler:
         """
         with unit_of_work(self.engine) as session:
             lease = self._lock_open_lease(session, target.lease_id)
-            if lease is None:
+            if lease is None or recycle_blocks(session, [lease.account_id]):
                 return None
             if override is None and not is_quiet_over(
                 self.quiet, lease.last_used_at, now
@@ -261,7 +286,7 @@ class Recycler:
                 return None
             ended = replace(target, last_use=lease.last_used_at)
             if override is not None:
-                self._record_override(session, ended, override, ignore_in_use)
+                self._record_override(session, ended, now, override, ignore_in_use)
             end_lease(
                 session,
                 lease,
@@ -276,7 +301,7 @@ class Recycler:
             account.state = OUT_OF_SERVICE
         return ended
 
-    def _clean(self, target: Target) -> Outcome:
+    def _clean(self, target: Target, now: datetime) -> Outcome:
         """Run the cleanup command; free the account only when it succeeded."""
         command = self.settings.recycle.cleanup_command
         result = CommandResult(0, "")
@@ -286,8 +311,7 @@ class Recycler:
         with unit_of_work(self.engine) as session:
             if result.status != 0:
                 detail = f"cleanup failed: {result.describe()}"
-                self._record(session, target, "cleanup_failed", reason=detail)
-                logger.error("cleanup failed account=%s %s", target.account, detail)
+                self._record(session, target, "cleanup_failed", now, reason=detail)
                 return Outcome("cleanup_failed", target, detail)
             freed = _changed(
                 session,
@@ -297,38 +321,42 @@ class Recycler:
             )
             if not freed:
                 return Outcome("skipped", target, "no longer out of service")
-            self._record(session, target, "recycled", end_reason=target.reason)
+            self._record(session, target, "recycled", now, end_reason=target.reason)
         return Outcome("recycled", target, note)
 
     def _record(
-        self, session: Session, target: Target, kind: str, **fields: object
+        self, session: Session, target: Target, kind: str, now: datetime, **fields: Any
     ) -> None:
         events.record(
             session,
             kind,
+            at=now,
             actor=self.actor,
             pool=target.pool,
             account=target.account,
             identity_id=target.identity_id,
             dn=target.dn,
             lease_id=target.lease_id,
-            last_use=target.last_use,
+            last_use=format_time(target.last_use) if target.last_use else None,
             **fields,
         )
 
     def _record_override(
-        self, session: Session, target: Target, reason: str, ignore_in_use: bool
+        self,
+        session: Session,
+        target: Target,
+        now: datetime,
+        reason: str,
+        ignore_in_use: bool,
     ) -> None:
         assert target.last_use is not None
-        logger.warning(
-            "override account=%s actor=%s reason=%s", target.account, self.actor, reason
-        )
         self._record(
             session,
             target,
             OVERRIDE,
+            now,
             reason=reason,
-            quiet_until=due_at(self.quiet, target.last_use),
+            quiet_until=format_time(due_at(self.quiet, target.last_use)),
             in_use_check="ignored" if ignore_in_use else None,
         )
 

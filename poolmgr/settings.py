@@ -86,7 +86,9 @@ class ServiceSettings(_Strict):
 
     Only root, the service's own user and members of ``group`` may connect.
     Beyond ``max_clients`` open connections new ones wait in the listen
-    backlog; ``workers`` bounds the mappings that run at once. A connection
+    backlog; ``workers`` bounds the mappings that run at once in each of
+    ``processes`` worker processes (more than one needs a supervisor that
+    forks them; a single Python process uses about one core). A connection
     idle for ``idle_timeout`` seconds is closed, and a request line must
     arrive (and its reply be taken) within ``request_timeout`` seconds.
     Routing rules changed by sync reach a running service within
@@ -97,6 +99,7 @@ class ServiceSettings(_Strict):
     group: Annotated[str, Field(pattern=_NAME)] | None = None
     max_clients: Annotated[int, Field(ge=1, le=10_000)] = 256
     workers: Annotated[int, Field(ge=1, le=256)] = 8
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
     idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     request_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     router_ttl: Annotated[float, Field(ge=0, le=3600)] = 5.0
@@ -119,11 +122,44 @@ class SyslogSettings(_Strict):
 
 
 class BanSourceSettings(_Strict):
-    """A central ban list: a local file or an HTTP(S) URL on a trusted host."""
+    """A central ban list: a local file or an HTTP(S) URL on a trusted host.
+
+    ``location`` is an absolute path or an http:// or https:// URL.
+    ``format`` is ``ban-mapfile`` (the LCMAPS ban_dn/ban_fqan file: quoted
+    DNs or FQANs, ``*`` wildcards) or ``dn-list`` (one literal DN a line).
+    While a source has never been read successfully every mapping fails
+    closed with BAN_LIST_UNAVAILABLE; once read, its last good list stays in
+    force when later reads fail, and ``poolmgr check`` warns when the last
+    good read is older than ``stale_after`` (a duration such as '1 day').
+    """
 
     name: Annotated[str, Field(pattern=_NAME)]
     location: str
     format: Annotated[str, Field(pattern=r"^(ban-mapfile|dn-list)$")] = "ban-mapfile"
+    stale_after: str = "1 day"
+
+    @field_validator("location")
+    @classmethod
+    def _check_location(cls, value: str) -> str:
+        if value.startswith(("http://", "https://", "/")) and value.isprintable():
+            return value
+        raise ValueError("give an absolute path or an http:// or https:// URL")
+
+    @field_validator("stale_after")
+    @classmethod
+    def _check_stale_after(cls, value: str) -> str:
+        try:
+            period = Duration.parse(value)
+        except PoolmgrError as exc:
+            raise ValueError(str(exc)) from None
+        if not period.is_positive():
+            raise ValueError("stale_after must be longer than zero")
+        return value
+
+    @property
+    def stale(self) -> Duration:
+        """Return how old the last good read may be before check warns."""
+        return Duration.parse(self.stale_after)
 
 
 class Settings(_Strict):

@@ -132,12 +132,32 @@ def sizing_report(
             select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
         )
     )
+    rows = _pool_rows(session, pools, cards, quiet, options, measures)
+    rows.sort(key=_risk_order)
+    return SizingReport(
+        generated_at=now,
+        quiet_period=str(quiet),
+        window=str(options.window),
+        headroom=options.headroom,
+        pools=tuple(rows),
+        glexec=tuple(_glexec_demand(session, rows, pools, cards, quiet.before(now))),
+    )
+
+
+def _pool_rows(
+    session: Session,
+    pools: list[Pool],
+    cards: Sequence[VoCard],
+    quiet: Duration,
+    options: SizingOptions,
+    measures: _Measures,
+) -> list[PoolSizing]:
+    now = measures.now
     states = _state_counts(session)
     floors = _persons_seen(session, quiet.before(now))
     newcomers = _new_persons(session, options.window.before(now))
     history = _history(session, quiet, now, options.history_points)
     decls = {d.name: (d, card.glexec) for card in cards for d in card.pools}
-
     rows = []
     for pool in pools:
         decl, glexec = decls.get(pool.name, (None, False))
@@ -154,15 +174,7 @@ def sizing_report(
                 measures=measures,
             )
         )
-    rows.sort(key=_risk_order)
-    return SizingReport(
-        generated_at=now,
-        quiet_period=str(quiet),
-        window=str(options.window),
-        headroom=options.headroom,
-        pools=tuple(rows),
-        glexec=tuple(_glexec_demand(session, rows, pools, cards, quiet.before(now))),
-    )
+    return rows
 
 
 def _days(start: datetime, end: datetime) -> float:
@@ -255,7 +267,7 @@ def _persons_seen(session: Session, since: datetime) -> dict[int, int]:
         .where(Lease.last_used_at >= since)
         .group_by(Lease.pool_id)
     )
-    return dict(session.execute(query).tuples().all())
+    return dict(session.execute(query).all())
 
 
 def _new_persons(session: Session, since: datetime) -> dict[int, int]:
@@ -269,7 +281,7 @@ def _new_persons(session: Session, since: datetime) -> dict[int, int]:
         .where(first.c.first >= since)
         .group_by(first.c.pool_id)
     )
-    return dict(session.execute(query).tuples().all())
+    return dict(session.execute(query).all())
 
 
 def _history(
@@ -290,7 +302,7 @@ def _history(
             .where(Lease.started_at <= at, Lease.last_used_at >= quiet.before(at))
             .group_by(Lease.pool_id)
         )
-        samples.append((at, dict(session.execute(query).tuples().all())))
+        samples.append((at, dict(session.execute(query).all())))
     return samples
 
 

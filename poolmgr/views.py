@@ -25,6 +25,7 @@ class PoolSummary:
     free: int
     quiet: int
     retired: int
+    out_of_service: int
     first_uid: int
     group: str
     gid: int
@@ -69,6 +70,7 @@ def pool_summaries(
 
     ``quiet`` counts free accounts whose quiet period is still running, so
     that they cannot be handed out yet; ``free`` excludes them.
+    ``out_of_service`` counts accounts waiting for (or failing) cleanup.
     """
     resting = _resting_counts(session, quiet, now or utcnow())
     counts = (
@@ -83,7 +85,7 @@ def pool_summaries(
         .subquery()
     )
     rows = session.execute(
-        select(Pool, counts.c.leased, counts.c.free, counts.c.retired)
+        select(Pool, counts.c.total, counts.c.leased, counts.c.free, counts.c.retired)
         .outerjoin(counts, counts.c.pool_id == Pool.id)
         .order_by(Pool.name)
     ).all()
@@ -97,12 +99,16 @@ def pool_summaries(
             free=int(free or 0) - resting.get(pool.id, 0),
             quiet=resting.get(pool.id, 0),
             retired=int(retired or 0),
+            out_of_service=int(total or 0)
+            - int(leased or 0)
+            - int(free or 0)
+            - int(retired or 0),
             first_uid=pool.first_uid,
             group=pool.group_name,
             gid=pool.gid,
             live=pool.retired_at is None,
         )
-        for pool, leased, free, retired in rows
+        for pool, total, leased, free, retired in rows
     ]
 
 

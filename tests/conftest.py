@@ -37,7 +37,18 @@ BACKENDS = [
     ).split(",")
     if name.strip()
 ]
-TABLES = ["events", "pool_rules", "leases", "accounts", "identities", "pools"]
+TABLES = [
+    "holds",
+    "bans",
+    "ban_syncs",
+    "ban_state",
+    "events",
+    "pool_rules",
+    "leases",
+    "accounts",
+    "identities",
+    "pools",
+]
 
 
 @pytest.fixture(autouse=True)

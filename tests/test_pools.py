@@ -92,7 +92,7 @@ def test_growing_adds_accounts_and_shrinking_retires_only_free_ones(engine, site
         "atlas002": "leased",
         "atlas003": "leased",
     }
-    assert "2 leased surplus account(s) kept" in result.warnings[0]
+    assert "2 surplus account(s) in use or being cleaned are kept" in result.warnings[0]
     sync(engine, site, [pool("atlas", "atlas", 5, "/atlas")])
     sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
     assert accounts(engine, "atlas") == {

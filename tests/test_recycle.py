@@ -13,10 +13,12 @@ from freezegun import freeze_time
 from pydantic import ValidationError
 from sqlalchemy import select, text
 
+from poolmgr import db, migrate
 from poolmgr.audit import build_report
 from poolmgr.db import Base, unit_of_work
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolExhaustedError
-from poolmgr.history import person_history, who_held
+from poolmgr.history import person_history, touch_account, who_held
+from poolmgr.holds import hold_account
 from poolmgr.logs import setup_logging
 from poolmgr.models import Account, Event, Lease
 from poolmgr.recycle import Recycler, _due_batch, default_actor
@@ -38,6 +40,7 @@ DREW = "/DC=org/DC=example/CN=Drew Past"
 ELI = "/DC=org/DC=example/CN=Eli Next"
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 REASON = "home dir 2 TB, user left VO"
+FEB = "2025-02-20T00:00:00Z"
 COMMANDS = {
     "cleanup_command": ["/usr/local/sbin/pool-clean"],
     "in_use_command": ["/usr/local/sbin/pool-busy"],
@@ -176,9 +179,7 @@ def test_last_use_in_the_future_is_never_old(sqlite_engine):
 
 def test_recycle_reads_open_leases_through_the_last_use_index(sqlite_engine):
     statement = _due_batch(at("2025-01-01T00:00:00Z"), None)
-    compiled = statement.compile(
-        sqlite_engine, compile_kwargs={"literal_binds": True}
-    )
+    compiled = statement.compile(sqlite_engine, compile_kwargs={"literal_binds": True})
     with sqlite_engine.connect() as conn:
         plan = conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")).all()
     details = " ".join(str(row[-1]) for row in plan)
@@ -260,7 +261,9 @@ def test_cleanup_gets_the_account_and_lease_details_only(
         recycle={"cleanup_command": [sys.executable, str(script), str(record)]},
     )
     one_account_pool(sqlite_engine, settings)
-    mapping = map_dn(sqlite_engine, settings, JANE, "/atlas", now=at("2025-01-01T00:00Z"))
+    mapping = map_dn(
+        sqlite_engine, settings, JANE, "/atlas", now=at("2025-01-01T00:00Z")
+    )
 
     [outcome] = Recycler(sqlite_engine, settings, actor="cron").run(
         now=at("2025-03-01T00:00:00Z")
@@ -347,7 +350,9 @@ def test_in_use_check_postpones_and_is_recorded(sqlite_engine, status, action, f
     map_dn(sqlite_engine, settings, JANE, "/atlas", now=at("2025-01-01T00:00Z"))
     commands = FakeCommands(in_use=status)
 
-    [outcome] = recycler(sqlite_engine, settings, commands).run(now=at("2025-03-01T00:00Z"))
+    [outcome] = recycler(sqlite_engine, settings, commands).run(
+        now=at("2025-03-01T00:00Z")
+    )
     assert (outcome.action, outcome.failed) == (action, failed)
     assert commands.purposes() == ["in-use-check"]
     assert len(open_leases(sqlite_engine)) == 1
@@ -436,7 +441,7 @@ def test_f14_early_recycle_override_and_traceability(engine):
         commands.status["in-use-check"] = 0
         with pytest.raises(PolicyError, match="in use.*--ignore-in-use"):
             worker.force("atlas001", REASON)
-        assert [lease.account_id for lease in open_leases(engine)] == [1]
+        assert len(open_leases(engine)) == 1
         # 4: the check reports clean.
         commands.status["in-use-check"] = 1
         override, recycled = worker.force("atlas001", REASON)
@@ -481,12 +486,6 @@ def test_f14_early_recycle_override_and_traceability(engine):
     assert invariant_violations(engine) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lease engine does not yet tell _is_usable who asks, so the "
-    "override's quiet waiver also lets the previous holder take the account "
-    "back; see the issue-3 report for the leases.py change",
-)
 def test_previous_holder_does_not_get_the_overridden_account_back(sqlite_engine):
     settings = make_settings(quiet_period="183 days")
     sync(sqlite_engine, settings, [pool("atlas", "atlas", 1, "/atlas")])
@@ -624,6 +623,8 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
     setup_logging(0, settings.syslog)
     try:
         map_dn(sqlite_engine, settings, DREW, "/atlas", now=at("2025-01-15T00:00Z"))
+        with unit_of_work(sqlite_engine) as session:
+            touch_account(session, "atlas001", at("2025-01-20T00:00:00Z"))
         recycler(sqlite_engine, settings).force(
             "atlas001", REASON, now=at("2025-03-01T00:00:00Z")
         )
@@ -635,17 +636,22 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
     pid = os.getpid()
     dn = '"/DC=org/DC=example/CN=Drew Past"'
     assert (
+        f"<87>poolmgr[{pid}]: event=use account=atlas001 dn={dn} lease_id=1\x00"
+    ).encode() in received, "a use is routine: debug priority"
+    assert (
         f"<86>poolmgr[{pid}]: event=override actor=admin1 pool=atlas "
         f'account=atlas001 dn={dn} lease_id=1 reason="{REASON}" '
-        "last_use=2025-01-15T00:00:00Z quiet_until=2025-07-17T00:00:00Z\x00"
+        "last_use=2025-01-20T00:00:00Z quiet_until=2025-07-22T00:00:00Z\x00"
     ).encode() in received
     assert (
         f"<86>poolmgr[{pid}]: event=recycled actor=admin1 pool=atlas "
-        f"account=atlas001 dn={dn} lease_id=1 last_use=2025-01-15T00:00:00Z "
+        f"account=atlas001 dn={dn} lease_id=1 last_use=2025-01-20T00:00:00Z "
         "end_reason=override\x00"
     ).encode() in received
-    kinds = [line.split(b"event=")[1].split(b" ")[0] for line in received]
-    assert kinds[-4:] == [b"override", b"lease_ended", b"recycled"][-3:] or kinds
+    infos = [line for line in received if line.startswith(b"<86>")]
+    kinds = [line.split(b"event=")[1].split(b" ")[0].decode() for line in infos]
+    assert kinds == ["lease_started", "override", "lease_ended", "recycled"]
+    assert event_kinds(sqlite_engine)[-4:] == kinds, "the same events are rows"
 
 
 def _drain(receiver: socket.socket) -> list[bytes]:
@@ -656,3 +662,76 @@ def _drain(receiver: socket.socket) -> list[bytes]:
             receiver.settimeout(0.2)
     except TimeoutError:
         return received
+
+
+# --- the 'cleaning' state migration ---------------------------------------------
+
+BEFORE_CLEANING = "b7e1c2d4a9f0"
+
+
+def test_cleaning_state_migration_keeps_accounts_that_leases_refer_to(tmp_path):
+    engine = db.get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate.upgrade(engine, BEFORE_CLEANING)
+    with engine.begin() as conn:
+        for statement in (
+            "INSERT INTO pools VALUES (1, 'atlas', 'atlas', 'atlas', 3, 1000,"
+            " 'atlas', 1000, 1, 1, '2025-01-01', NULL)",
+            "INSERT INTO accounts VALUES (1, 1, 'atlas001', 1, 1001, 'leased',"
+            " '2025-01-01', NULL, NULL, NULL, NULL)",
+            "INSERT INTO identities VALUES (1, 'x509', 'k', 'h', 'd', 0, '2025-01-01')",
+            "INSERT INTO leases (id, account_id, identity_id, pool_id, started_at,"
+            " last_used_at, open_account_id, open_marker)"
+            " VALUES (1, 1, 1, 1, '2025-01-01', '2025-01-01', 1, 1)",
+        ):
+            conn.execute(text(statement))
+
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert conn.execute(text("SELECT name, state FROM accounts")).all() == [
+            ("atlas001", "leased")
+        ]
+        conn.execute(text("UPDATE accounts SET state = 'cleaning'"))
+        indexes = conn.execute(text("PRAGMA index_list(accounts)")).all()
+    assert {"ix_accounts_free_order", "ix_accounts_free_since"} <= {
+        row[1] for row in indexes
+    }
+    with pytest.raises(RuntimeError, match="waiting for cleanup"):
+        migrate.downgrade(engine, BEFORE_CLEANING)
+    db.dispose_engines()
+
+
+# --- incident holds and banned holders ---------------------------------------
+
+
+def test_a_held_account_is_neither_recycled_nor_cleaned(sqlite_engine):
+    settings = make_settings(quiet_period="30 days", recycle=COMMANDS)
+    sync(sqlite_engine, settings, [pool("atlas", "atlas", 2, "/atlas")])
+    map_dn(sqlite_engine, settings, JANE, "/atlas", now=at("2025-01-01T00:00Z"))
+    map_dn(sqlite_engine, settings, DREW, "/atlas", now=at("2025-02-10T00:00Z"))
+    list(
+        recycler(sqlite_engine, settings, FakeCommands(cleanup=1)).run(
+            now=at("2025-02-15T00:00Z")
+        )
+    )
+    with unit_of_work(sqlite_engine) as session:
+        for name in ("atlas001", "atlas002"):
+            hold_account(
+                session, name, reason="incident 42", actor="csirt", now=at(FEB)
+            )
+    commands = FakeCommands()
+    worker = recycler(sqlite_engine, settings, commands)
+
+    outcomes = list(worker.run(now=at("2025-06-01T00:00:00Z")))
+    assert [(o.action, o.target.account) for o in outcomes] == [
+        ("blocked", "atlas001"),
+        ("blocked", "atlas002"),
+    ]
+    assert "incident 42" in outcomes[0].detail
+    assert commands.calls == [], "no in-use check, no cleanup"
+    assert state_of(sqlite_engine, "atlas001") == "cleaning"
+    with pytest.raises(PolicyError, match="held since .* by csirt: incident 42"):
+        worker.force("atlas002", REASON)
+    assert [lease.last_used_at for lease in open_leases(sqlite_engine)] == [
+        at("2025-02-10T00:00:00Z")
+    ]

@@ -11,12 +11,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 
-from poolmgr.errors import DatabaseUnavailableError, PolicyError
+from poolmgr.errors import DatabaseUnavailableError, NoLeaseError, PolicyError
 from poolmgr.leases import MapRequest
 from poolmgr.service import (
     AccessPolicy,
@@ -398,43 +398,73 @@ def test_stop_finishes_the_request_in_progress(short_dir):
     assert not path.exists()
 
 
-def test_sigterm_stops_poolmgr_serve_with_exit_0_and_removes_the_socket(
-    tmp_path, short_dir
-):
-    path = short_dir / "s.sock"
+@contextmanager
+def serve_process(
+    tmp_path: Path, path: Path, *options: str
+) -> Iterator[subprocess.Popen]:
+    """Run `poolmgr serve` in a subprocess until its socket exists."""
     config = tmp_path / "poolmgr.yaml"
     config.write_text(
         f"database: sqlite:///{tmp_path / 'db.sqlite'}\nsyslog:\n  enabled: false\n"
     )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from poolmgr.cli import run; run()",
-            "--config",
-            str(config),
-            "serve",
-            "--socket",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-c", "from poolmgr.cli import run; run()"]
+    command += ["--config", str(config), "serve", "--socket", str(path), *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15
         while not path.exists():
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "serve did not create its socket"
             time.sleep(0.02)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("processes", ["1", "2"], ids=["threads", "two-workers"])
+def test_sigterm_stops_poolmgr_serve_with_exit_0_and_removes_the_socket(
+    tmp_path, short_dir, processes
+):
+    path = short_dir / "s.sock"
+    with serve_process(tmp_path, path, "--processes", processes) as process:
         assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
         with connect(path):
             process.send_signal(signal.SIGTERM)
             out, err = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 0, err
     assert not path.exists()
+
+
+def test_supervisor_replaces_a_worker_that_dies(tmp_path, short_dir):
+    path = short_dir / "s.sock"
+    with serve_process(tmp_path, path, "--processes", "2") as process:
+        deadline = time.monotonic() + 5
+        while len(workers := children_of(process.pid)) < 2:
+            assert time.monotonic() < deadline, f"workers: {workers}"
+            time.sleep(0.02)
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while len(set(children_of(process.pid)) - set(workers)) < 1:
+            assert time.monotonic() < deadline, "no replacement worker started"
+            time.sleep(0.05)
+        assert [exchange(path, b"PING\n") for _ in range(4)] == [[b"OK\tpong\n"]] * 4
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert b"ended unexpectedly (signal SIGKILL)" in err
 
 
 # Database outage, against a PostgreSQL instance of our own.
@@ -577,3 +607,43 @@ def test_database_outage_fails_requests_cleanly_and_recovery_needs_no_restart(
     assert elapsed < 3, f"requests took {elapsed:.1f} s to fail with the database down"
     assert after[0].startswith(b"OK\tatlas002\t") and after[1] == before
     assert len(leases) == 2, "a failed request left a lease behind"
+
+
+# The query command.
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (None, 0),
+        (NoLeaseError("No open lease."), 7),
+        (DatabaseUnavailableError("Database x is unavailable: gone"), 8),
+        (RuntimeError("bug"), 70),
+    ],
+    ids=["ok", "no-lease", "db-down", "internal"],
+)
+def test_query_prints_the_reply_and_exits_like_map(short_dir, capsys, error, code):
+    from poolmgr.cli import main
+
+    path = short_dir / "s.sock"
+    with running(fake_handler(error=error), path):
+        status = main(
+            ["query", "--socket", str(path), "--verify", JANE, "-f", "/atlas"]
+        )
+    out, err = capsys.readouterr()
+    assert status == code, err
+    if code == 0:
+        assert out == "atlas001\t20001\t2000\t2100\tatlas:7\n"
+    else:
+        assert out == "" and err.startswith("poolmgr: ")
+
+
+def test_query_ping_and_unreachable_service(short_dir, capsys):
+    from poolmgr.cli import main
+
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path):
+        assert main(["query", "--socket", str(path), "--ping"]) == 0
+    assert capsys.readouterr().out == "pong\n"
+    assert main(["query", "--socket", str(path), "--ping"]) == 1
+    assert "Cannot talk to the mapping service" in capsys.readouterr().err

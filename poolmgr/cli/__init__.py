@@ -17,10 +17,17 @@ import typer  # noqa: E402
 
 from poolmgr import __version__  # noqa: E402
 from poolmgr.cli import audit as audit_cli  # noqa: E402
+from poolmgr.cli import bans as bans_cli  # noqa: E402
+from poolmgr.cli import (  # noqa: E402
+    check,
+    lease,
+    pool,
+    provision,
+    sizing,
+    vocard,
+)
 from poolmgr.cli import db as db_cli  # noqa: E402
 from poolmgr.cli import gridmapdir as gridmapdir_cli  # noqa: E402
-from poolmgr.cli import lease, pool, vocard  # noqa: E402
-from poolmgr.cli import check, provision, sizing  # noqa: E402
 from poolmgr.cli import recycle as recycle_cli  # noqa: E402
 from poolmgr.cli import service as service_cli  # noqa: E402
 from poolmgr.cli.state import state  # noqa: E402
@@ -84,6 +91,7 @@ app.add_typer(gridmapdir_cli.app, name="gridmapdir")
 sizing.register(app)
 provision.register(app)
 check.register(app)
+bans_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,8 @@ def import_command(
 
 
 def _progress(phase: str, count: int) -> None:
-    typer.echo(f"{count} entries {phase}", err=True)
+    what = "entries read" if phase == "read" else "leases written"
+    typer.echo(f"{count} {what}", err=True)
 
 
 def _plan_json(plan: ImportPlan, dry_run: bool) -> dict[str, object]:

@@ -7,6 +7,7 @@ import typer
 from poolmgr.cli.output import cell, emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
+from poolmgr.holds import account_flags, open_lease_status
 from poolmgr.leases import Mapper, Mapping, MapRequest
 from poolmgr.views import LeaseRow, account_detail, list_leases
 
@@ -83,13 +84,20 @@ def leases_command(
             include_ended=show_all,
             limit=limit,
         )
+        status = open_lease_status(session)
     if as_json:
-        emit_json([row.__dict__ for row in rows])
+        emit_json([row.__dict__ | {"status": status.get(row.lease_id)} for row in rows])
         return
-    table(
-        ["LEASE", "ACCOUNT", "POOL", "STARTED", "LAST USE", "ENDED", "REASON", "DN"],
-        [_lease_cells(row) for row in rows],
-    )
+    headers = ["LEASE", "ACCOUNT", "POOL", "STARTED", "LAST USE", "ENDED", "REASON"]
+    cells = [_lease_cells(row) for row in rows]
+    # Frozen (banned holder) or held leases add a column only when there are any.
+    if any(row.lease_id in status for row in rows):
+        headers.append("STATUS")
+        cells = [
+            [*c[:-1], status.get(r.lease_id), c[-1]]
+            for c, r in zip(cells, rows, strict=True)
+        ]
+    table([*headers, "DN"], cells)
 
 
 def _lease_cells(row: LeaseRow) -> list[object]:
@@ -112,8 +120,9 @@ def show_command(
     """Show one account: its holder, last use and lease history."""
     with unit_of_work(state.engine(), write=False) as session:
         detail = account_detail(session, account)
+        flags = account_flags(session, account)
     if as_json:
-        data = dict(detail.__dict__)
+        data = dict(detail.__dict__) | flags
         data["holder"] = detail.holder.__dict__ if detail.holder else None
         data["history"] = [row.__dict__ for row in detail.history]
         emit_json(data)
@@ -123,6 +132,8 @@ def show_command(
     typer.echo(f"pool:      {detail.pool}")
     typer.echo(f"state:     {detail.state}")
     typer.echo(f"holder:    {holder.dn if holder else '-'}")
+    for flag, why in flags.items():
+        typer.echo(f"{flag + ':':<10} {why}")
     typer.echo(f"last use:  {cell(detail.last_used_at)}")
     typer.echo("history:")
     table(

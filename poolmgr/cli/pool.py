@@ -10,7 +10,7 @@ from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
 from poolmgr.timeutil import utcnow
-from poolmgr.views import list_rules, pool_summaries
+from poolmgr.views import PoolSummary, list_rules, pool_summaries
 from poolmgr.vocards import VoCard, load_cards
 
 
@@ -24,42 +24,24 @@ def register(app: typer.Typer) -> None:
 def pools_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List pools with their size, leased, free and retired accounts."""
+    """List pools: size, leased, free, resting, cleaning and retired accounts."""
     quiet = state.settings().quiet
     with unit_of_work(state.engine(), write=False) as session:
         summaries = pool_summaries(session, quiet)
     if as_json:
         emit_json([summary.__dict__ for summary in summaries])
         return
-    table(
-        [
-            "POOL",
-            "VO",
-            "SIZE",
-            "DECLARED",
-            "LEASED",
-            "FREE",
-            "RETIRED",
-            "GROUP",
-            "GID",
-            "FIRST UID",
-        ],
-        [
-            [
-                s.name + ("" if s.live else " (retired)"),
-                s.vo,
-                s.size,
-                s.declared,
-                s.leased,
-                s.free,
-                s.retired,
-                s.group,
-                s.gid,
-                s.first_uid,
-            ]
-            for s in summaries
-        ],
-    )
+    headers = ["POOL", "VO", "SIZE", "DECLARED", "LEASED", "FREE", "QUIET"]
+    headers += ["CLEANING", "RETIRED", "GROUP", "GID", "FIRST UID"]
+    table(headers, [_pool_cells(summary) for summary in summaries])
+
+
+def _pool_cells(s: PoolSummary) -> list[object]:
+    name = s.name if s.live else f"{s.name} (retired)"
+    return [
+        name, s.vo, s.size, s.declared, s.leased, s.free, s.quiet,
+        s.out_of_service, s.retired, s.group, s.gid, s.first_uid,
+    ]  # fmt: skip
 
 
 def rules_command(

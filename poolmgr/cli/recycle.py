@@ -16,18 +16,18 @@ RECYCLE_EPILOG = """Without --force: retries the accounts whose cleanup failed
 before, then ends every lease unused for the whole quiet period, runs the
 cleanup command (recycle.cleanup_command) and frees the account only when it
 succeeded. Meant for a daily cron job or systemd timer. An account that the
-in-use check (recycle.in_use_command) reports busy is postponed. With --force
+in-use check (recycle.in_use_command) reports busy is postponed; one under an
+incident hold or with a banned holder is left alone (blocked). With --force
 ACCOUNT --reason TEXT: an override that recycles one account inside its quiet
 period, recorded with the reason and the actor (--by, default the login
-behind sudo); its previous holder's next mapping gets a different account.
-Output: one line per action, 'ACTION account=... pool=... lease=...
+behind sudo). Output: one line per action, 'ACTION account=... pool=... lease=...
 last_use=... dn=... note=...', ACTION one of recycled, postponed,
-check_failed, cleanup_failed, skipped, override, and would_recycle,
-would_retry, would_override for --dry-run. Exit codes: 0 done (postponements
-included); 1 a cleanup or in-use check failed (reported; the account stays
-out of service and the next run retries it); 2 bad input (e.g. --force
-without --reason); 8 database unavailable; 11 unknown account; 12 refused:
-in use, or no open lease."""
+check_failed, cleanup_failed, blocked, skipped, override, and would_recycle,
+would_retry, would_override for --dry-run. Exit codes: 0 done (postponed and
+blocked accounts included); 1 a cleanup or in-use check failed (reported;
+the account stays out of service and the next run retries it); 2 bad input
+(e.g. --force without --reason); 8 database unavailable; 11 unknown account;
+12 refused: in use, held, banned holder, or no open lease."""
 
 TOUCH_EPILOG = """For batch-system epilogues: the end of a long job is a use, so
 the lease's last use becomes the current time (never earlier than it was).

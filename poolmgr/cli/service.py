@@ -42,6 +42,10 @@ def serve_command(
         int | None,
         typer.Option(min=1, max=256, help="Mappings run at once (service.workers)."),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Worker processes (service.processes)."),
+    ] = None,
 ) -> None:
     """Run the mapping service on a Unix socket (the LCMAPS plugin's peer)."""
     settings = state.settings()
@@ -51,6 +55,7 @@ def serve_command(
             ("socket", socket_path),
             ("group", group),
             ("workers", workers),
+            ("processes", processes),
         )
         if value is not None
     }

@@ -201,6 +201,8 @@ def forecast_svg(row: PoolSizing, now: datetime) -> str:
         f'<line x1="{x(now):.1f}" y1="{y(row.floor):.1f}" x2="{x(end):.1f}" '
         f'y2="{y(projected):.1f}" stroke="{LEASED}" stroke-dasharray="4 4">'
         f"<title>forecast at {row.growth:g} new persons per 30 days</title></line>",
+        f'<text x="{x(now) - 4:.1f}" y="{y(row.floor) - 6:.1f}" text-anchor="end">'
+        f"{row.floor} persons</text>",
         f'<line x1="{x(now):.1f}" y1="{MARGIN / 2}" x2="{x(now):.1f}" '
         f'y2="{y(0):.1f}" stroke="#888" stroke-dasharray="2 2"/>',
     ]

@@ -1,0 +1,170 @@
+"""The ban and hold commands at the surface: output lines and exit codes."""
+
+import json
+import logging
+
+import pytest
+
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+SAM = "/DC=org/DC=example/CN=Sam Example (guest)"
+
+
+@pytest.fixture
+def central(tmp_path):
+    """Configure the ban source 'central' (a file); return the file's path."""
+    path = tmp_path / "ban-mapfile"
+    with (tmp_path / "poolmgr.yaml").open("a") as config:
+        config.write(f"ban_sources:\n  - name: central\n    location: {path}\n")
+    return path
+
+
+def test_ban_refuses_the_person_with_exit_5_and_unban_lets_them_in(cli):
+    cli("sync")
+    banned = cli("ban", "CN=Jane Roe,DC=example,DC=org", "--reason", "incident 7")
+    assert (banned.code, banned.out) == (
+        0,
+        "Banned dn 'CN=Jane Roe,DC=example,DC=org' (ban 1); 0 open lease(s) frozen.\n",
+    )
+
+    refused = cli("map", JANE + "/CN=proxy", "--fqan", "/atlas")
+    assert refused.code == 5
+    assert refused.err == (
+        f"poolmgr: '{JANE}' is refused: dn ban 'CN=Jane Roe,DC=example,DC=org' "
+        "entered by hand.\n"
+    )
+
+    lifted = cli("unban", JANE, "--reason", "cleared")
+    assert (lifted.code, lifted.out) == (
+        0,
+        "Lifted hand ban 1 on dn 'CN=Jane Roe,DC=example,DC=org'.\n",
+    )
+    assert cli("map", JANE, "--fqan", "/atlas").out == "atlas001\n"
+
+
+def test_ban_freezes_the_lease_shown_by_leases_and_show(cli):
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    assert "1 open lease(s) frozen" in cli("ban", JANE, "--reason", "x").out
+
+    header, row = cli("leases").out.splitlines()
+    assert header.split()[-2:] == ["STATUS", "DN"]
+    assert row.split()[-3:] == ["frozen", *JANE.split()]
+    assert json.loads(cli("leases", "--json").out)[0]["status"] == "frozen"
+    shown = cli("show", "atlas001")
+    assert f"frozen:    holder refused by the dn ban '{JANE}' entered by hand" in (
+        shown.out
+    )
+
+
+def test_fqan_ban_and_usage_errors(cli):
+    cli("sync")
+    assert cli("ban", "--fqan", "/atlas/Role=production", "--reason", "x").code == 0
+    assert cli("map", JANE, "--fqan", "/atlas/Role=production").code == 5
+    assert cli("map", JANE, "--fqan", "/atlas").code == 0
+
+    both = cli("ban", JANE, "--fqan", "/atlas", "--reason", "x")
+    assert (both.code, both.err) == (2, "poolmgr: Give either a DN or --fqan FQAN.\n")
+    no_reason = cli("ban", JANE)
+    assert (no_reason.code, no_reason.err) == (
+        2,
+        "poolmgr: A reason is required (--reason TEXT).\n",
+    )
+    assert cli("unban", JANE, "--reason", "x").code == 11
+
+
+def test_bans_lists_hand_and_source_bans_apart(cli, central):
+    central.write_text(f'"{SAM}"\n')
+    synced = cli("bans", "sync")
+    assert synced.code == 0
+    assert synced.out == f"central: 1 entries, 1 added, 0 removed (sync 1)\n  + {SAM}\n"
+    cli("ban", JANE, "--reason", "incident 7", "--by", "alice")
+
+    listed = cli("bans").out.splitlines()
+    assert listed[0].split() == [
+        "BAN",
+        "KIND",
+        "ORIGIN",
+        "SINCE",
+        "BY",
+        "FROZEN",
+        "LIFTED",
+        "ENTRY",
+    ]
+    assert [line.split()[2] for line in listed[1:]] == ["source:central", "hand"]
+    assert [
+        row["entry"] for row in json.loads(cli("bans", "--hand", "--json").out)
+    ] == [JANE]
+    refused = cli("unban", SAM, "--reason", "x")
+    assert refused.code == 12 and "from source central" in refused.err
+
+
+def test_a_source_never_read_refuses_mapping_with_exit_6(cli, central):
+    cli("sync")
+    unread = cli("bans", "sync", "central")
+    assert unread.code == 6 and "cannot read" in unread.err
+    refused = cli("map", JANE, "--fqan", "/atlas")
+    assert refused.code == 6 and "central has never been read" in refused.err
+    sources = cli("bans", "sources").out
+    assert "never read: every mapping is refused" in sources
+
+
+def test_a_bad_line_exits_2_naming_it_and_keeps_the_list(cli, central, caplog):
+    central.write_text(f'"{SAM}"\n')
+    cli("bans", "sync")
+    central.write_text(f'"{SAM}"\n"{JANE}\n')
+    caplog.set_level(logging.WARNING, logger="poolmgr.banlists")
+
+    rejected = cli("bans", "sync", "central")
+
+    assert rejected.code == 2
+    assert rejected.err.endswith(
+        "line 2: the quote is not closed. The list is not used; the bans read "
+        "from it before stay in force.\n"
+    )
+    assert len(json.loads(cli("bans", "--json").out)) == 1
+    syncs = json.loads(cli("bans", "syncs", "--json").out)
+    assert [row["status"] for row in syncs] == ["rejected", "accepted"]
+    changes = cli("bans", "changes", "1")
+    assert (
+        changes.out == f"sync 1 of central at {syncs[1]['at']}: accepted\n  + {SAM}\n"
+    )
+    assert cli("bans", "changes", "99").code == 11
+
+
+def test_unknown_source_exits_11(cli, central):
+    assert cli("bans", "sync", "elsewhere").code == 11
+
+
+def test_hold_release_and_holds(cli):
+    cli("sync")
+    held = cli("hold", "atlas001", "--reason", "incident 7", "--by", "alice")
+    assert (held.code, held.out) == (0, "Account atlas001 held (hold 1).\n")
+    assert "already held" in cli("hold", "atlas001", "--reason", "again").out
+    assert cli("map", JANE, "--fqan", "/atlas").out == "atlas002\n"
+    rows = json.loads(cli("holds", "--json").out)
+    assert [(r["account"], r["started_by"], r["reason"]) for r in rows] == [
+        ("atlas001", "alice", "incident 7")
+    ]
+    assert cli("release", "atlas001", "--reason", "closed").out == (
+        "Hold 1 on account atlas001 released.\n"
+    )
+    assert cli("release", "atlas001", "--reason", "closed").code == 11
+    assert cli("hold", "nobody01", "--reason", "x").code == 11
+
+
+def test_every_ban_command_has_help(cli):
+    for args in (
+        ["ban"],
+        ["unban"],
+        ["bans"],
+        ["bans", "sync"],
+        ["bans", "syncs"],
+        ["bans", "changes"],
+        ["bans", "sources"],
+        ["bans", "forget"],
+        ["hold"],
+        ["release"],
+        ["holds"],
+    ):
+        shown = cli(*args, "--help")
+        assert shown.code == 0 and "Usage:" in shown.out, args

@@ -1,0 +1,270 @@
+"""poolmgr recycle and touch at the command line."""
+
+import json
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+DREW = "/DC=org/DC=example/CN=Drew Past"
+REASON = "home dir 2 TB, user left VO"
+TRUE, FALSE = shutil.which("true"), shutil.which("false")
+
+
+@pytest.fixture
+def configure(tmp_path):
+    """Append lines to the site configuration the cli fixture wrote."""
+
+    def add(text: str) -> None:
+        with (tmp_path / "poolmgr.yaml").open("a") as config:
+            config.write(text)
+
+    return add
+
+
+def lease_of(cli, account: str) -> dict:
+    rows = json.loads(cli("leases", "--all", "--account", account, "--json").out)
+    return rows[0]
+
+
+def old_lease(cli, dn: str = JANE) -> None:
+    cli("sync")
+    with freeze_time("2024-01-01T00:00:00Z"):
+        assert cli("map", dn, "--fqan", "/atlas").out == "atlas001\n"
+
+
+def test_recycle_with_nothing_due_says_so(cli):
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    result = cli("recycle")
+    assert (result.code, result.out, result.err) == (0, "Nothing to recycle.\n", "")
+
+
+def test_dry_run_prints_the_plan_then_recycle_does_it(cli):
+    old_lease(cli)
+    plan = cli("recycle", "--dry-run")
+    assert plan.code == 0
+    assert plan.out.startswith("would_recycle account=atlas001 pool=atlas lease=1 ")
+    assert lease_of(cli, "atlas001")["ended_at"] is None
+
+    done = cli("recycle", "--by", "cron")
+    assert (done.code, done.err) == (0, "")
+    assert done.out.startswith("recycled account=atlas001 pool=atlas lease=1 ")
+    ended = lease_of(cli, "atlas001")
+    assert (ended["end_reason"], ended["ended_by"]) == ("quiet_period", "cron")
+
+
+def test_failed_cleanup_exits_1_and_is_retried(cli, configure):
+    configure(f"recycle:\n  cleanup_command: [{FALSE}]\n")
+    old_lease(cli)
+    failed = cli("recycle")
+    assert failed.code == 1
+    assert failed.out.startswith("cleanup_failed account=atlas001 ")
+    assert 'note="cleanup failed: exit status 1"' in failed.out
+
+    again = cli("recycle")
+    assert again.code == 1
+    assert again.out.startswith("cleanup_failed account=atlas001 ")
+    assert "lease=1 " in again.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--force", "atlas001"],
+            "poolmgr: An override needs a reason (--reason TEXT).\n",
+        ),
+        (
+            ["--force", "atlas001", "--reason", "  "],
+            "poolmgr: An override needs a reason (--reason TEXT).\n",
+        ),
+        (
+            ["--reason", REASON],
+            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+        ),
+        (
+            ["--ignore-in-use"],
+            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+        ),
+    ],
+    ids=["no-reason", "blank-reason", "reason-alone", "ignore-alone"],
+)
+def test_override_options_are_checked_before_anything_changes(cli, args, message):
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    result = cli("recycle", *args)
+    assert (result.code, result.out, result.err) == (2, "", message)
+    assert lease_of(cli, "atlas001")["ended_at"] is None
+
+
+def test_override_records_reason_and_the_login_behind_sudo(cli, monkeypatch):
+    monkeypatch.setenv("SUDO_USER", "admin1")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+    result = cli("recycle", "--force", "atlas001", "--reason", REASON)
+    assert result.code == 0
+    assert [line.split(" ")[0] for line in result.out.splitlines()] == [
+        "override",
+        "recycled",
+    ]
+    lease = lease_of(cli, "atlas001")
+    assert (lease["end_reason"], lease["ended_by"], lease["end_note"]) == (
+        "override",
+        "admin1",
+        REASON,
+    )
+
+
+def test_by_names_the_actor_of_an_override(cli):
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+    result = cli("recycle", "--force", "atlas001", "--reason", REASON, "--by", "sec1")
+    assert result.code == 0
+    assert lease_of(cli, "atlas001")["ended_by"] == "sec1"
+
+
+def test_in_use_refuses_an_override_unless_ignored(cli, configure):
+    configure(f"recycle:\n  in_use_command: [{TRUE}]\n")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+    refused = cli("recycle", "--force", "atlas001", "--reason", REASON)
+    assert refused.code == 12
+    assert refused.err == (
+        "poolmgr: Account 'atlas001' is in use (in use); add --ignore-in-use "
+        "to recycle it anyway.\n"
+    )
+    assert lease_of(cli, "atlas001")["ended_at"] is None
+
+    forced = cli(
+        "recycle", "--force", "atlas001", "--reason", REASON, "--ignore-in-use"
+    )
+    assert forced.code == 0
+    assert lease_of(cli, "atlas001")["end_reason"] == "override"
+
+
+def test_periodic_recycle_postpones_accounts_in_use(cli, configure):
+    configure(f"recycle:\n  in_use_command: [{TRUE}]\n")
+    old_lease(cli)
+    result = cli("recycle")
+    assert result.code == 0
+    assert result.out.startswith("postponed account=atlas001 ")
+    assert lease_of(cli, "atlas001")["ended_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("account", "code", "message"),
+    [
+        ("atlas404", 11, "poolmgr: No pool account named 'atlas404'.\n"),
+        ("atlas002", 12, "poolmgr: Account 'atlas002' has no open lease; "),
+    ],
+    ids=["unknown", "free"],
+)
+def test_force_on_an_account_without_lease_is_refused(cli, account, code, message):
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    result = cli("recycle", "--force", account, "--reason", REASON)
+    assert result.code == code
+    assert result.err.startswith(message)
+
+
+def test_touch_records_a_use(cli):
+    cli("sync")
+    with freeze_time("2025-01-01T00:00:00Z"):
+        cli("map", JANE, "--fqan", "/atlas")
+    with freeze_time("2025-02-01T12:00:00Z"):
+        result = cli("touch", "atlas001")
+    assert (result.code, result.out) == (0, "atlas001 last use 2025-02-01T12:00:00Z\n")
+    assert lease_of(cli, "atlas001")["last_used_at"] == "2025-02-01T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("account", "code", "message"),
+    [
+        (
+            "atlas002",
+            7,
+            "poolmgr: Account 'atlas002' has no open lease to record a use on.\n",
+        ),
+        ("atlas404", 11, "poolmgr: No pool account named 'atlas404'.\n"),
+    ],
+    ids=["no-lease", "unknown"],
+)
+def test_touch_without_an_open_lease_fails(cli, account, code, message):
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    result = cli("touch", account)
+    assert (result.code, result.out, result.err) == (code, "", message)
+
+
+def test_recycle_help_documents_exit_codes(cli):
+    result = cli("recycle", "--help")
+    assert result.code == 0
+    text = " ".join(result.out.split())
+    assert "1 a cleanup or in-use check failed" in text
+    assert "--ignore-in-use" in text
+
+
+def test_systemd_and_cron_units_say_what_when_and_who():
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    service = (contrib / "systemd/poolmgr-recycle.service").read_text()
+    timer = (contrib / "systemd/poolmgr-recycle.timer").read_text()
+    cron = (contrib / "cron/poolmgr-recycle").read_text()
+    assert "ExecStart=/usr/bin/poolmgr recycle" in service
+    assert "User=root" in service
+    assert "OnCalendar=daily" in timer
+    assert " root /usr/bin/poolmgr recycle" in cron
+    for text in (service, timer, cron):
+        comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
+        assert "daily" in comments and "root" in comments
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "contrib/examples/cleanup-account.sh"
+
+
+@pytest.mark.parametrize(
+    ("account", "uid", "message"),
+    [
+        ("nosuchuser123", "1234", "unknown account 'nosuchuser123'"),
+        ("root", "0", "refusing to clean system account root"),
+        ("root", "4321", "uid 0 of root is not POOLMGR_UID"),
+        ("../etc", "1234", "bad account name '../etc'"),
+    ],
+    ids=["unknown", "system", "uid-mismatch", "bad-name"],
+)
+def test_example_cleanup_refuses_anything_doubtful(account, uid, message):
+    env = {"PATH": "/usr/bin:/bin", "POOLMGR_UID": uid, "CLEANUP_DRY_RUN": "1"}
+    result = subprocess.run(
+        [str(EXAMPLE), account], env=env, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"cleanup-account: {message}\n"
+
+
+def test_example_cleanup_dry_run_prints_its_plan():
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' account on this host")
+    if Path(nobody.pw_dir).is_dir():
+        pytest.skip("'nobody' has a real home here; the plan would include it")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "POOLMGR_UID": str(nobody.pw_uid),
+        "POOLMGR_LEASE_ID": "7",
+        "CLEANUP_DRY_RUN": "1",
+        "CLEANUP_SCRATCH": "/tmp",
+    }
+    result = subprocess.run(
+        [str(EXAMPLE), "nobody"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"would run: pkill -KILL -U {nobody.pw_uid}",
+        f"would run: find /tmp -xdev -depth -user {nobody.pw_uid} -delete",
+        f"cleanup-account: nobody (uid {nobody.pw_uid}, lease 7) cleaned",
+    ]
