@@ -79,6 +79,14 @@ def read_lines(conn: socket.socket, count: int) -> list[bytes]:
     return [line + b"\n" for line in data.split(b"\n")[:count] if line]
 
 
+def is_closed(conn: socket.socket) -> bool:
+    """Whether the service closed conn (EOF, or reset if bytes were unread)."""
+    try:
+        return conn.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
 def exchange(path: Path, *lines: bytes) -> list[bytes]:
     """Send lines on one connection and return as many reply lines."""
     with connect(path) as conn:
@@ -334,6 +342,20 @@ def test_slow_client_does_not_block_others_and_is_cut_off(short_dir):
         assert time.monotonic() - started < 0.3
         assert slow.recv(100) == b"", "the half-sent request was not cut off"
         assert time.monotonic() - started < 2
+
+
+def test_a_line_trickling_in_byte_by_byte_is_cut_off_at_the_request_timeout(
+    short_dir,
+):
+    path = short_dir / "s.sock"
+    with running(fake_handler(), path, request_timeout=0.5), connect(path) as slow:
+        started = time.monotonic()
+        with suppress(OSError):
+            for byte in b"MAP\t/DC=org/CN=Slow":
+                slow.sendall(bytes([byte]))
+                time.sleep(0.1)
+        assert is_closed(slow)
+        assert time.monotonic() - started < 1.5
 
 
 def test_idle_connection_is_closed_after_the_idle_timeout(short_dir):

@@ -40,7 +40,9 @@ class Handler:
         verify = request.verb == "VERIFY"
         # The DN is the end-entity subject: giving it as its own issuer keeps
         # a trailing numeric CN as part of the name (see dn.py, F04).
-        query = MapRequest(request.dn, request.fqans, request.dn, verify)
+        query = MapRequest(
+            dn=request.dn, fqans=request.fqans, issuer=request.dn, verify=verify
+        )
         start = time.perf_counter()
         with self._slots:
             mapping = self.mapper.map(query)

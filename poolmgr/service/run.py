@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
+from typing import NoReturn
 
 from sqlalchemy import Engine
 
@@ -102,8 +103,8 @@ class _Supervisor:
         self.workers[pid] = time.monotonic()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
-    def _work(self) -> None:
-        """Run one worker process; never returns."""
+    def _work(self) -> NoReturn:
+        """Run one worker process and exit with it."""
         status = 0
         try:
             _die_with_parent(self.parent)

@@ -57,6 +57,7 @@ class _Connection:
         self.idle_timeout = settings.idle_timeout
         self.request_timeout = settings.request_timeout
         self.buffer = bytearray()
+        self.line_started = 0.0
         self.poller = select.poll()
         self.poller.register(conn, select.POLLIN)
         self.poller.register(stop.read_fd, select.POLLIN)
@@ -74,6 +75,7 @@ class _Connection:
                 line = bytes(self.buffer[: end + 1])
                 del self.buffer[: end + 1]
                 yield line
+                self.line_started = time.monotonic()
                 continue
             if len(self.buffer) >= protocol.LINE_MAX:
                 self._refuse_oversize()
@@ -82,8 +84,12 @@ class _Connection:
                 return
 
     def _fill(self) -> bool:
-        timeout = self.request_timeout if self.buffer else self.idle_timeout
-        deadline = time.monotonic() + timeout
+        # A started line must be complete within request_timeout in total,
+        # however slowly its bytes trickle in.
+        if self.buffer:
+            deadline = self.line_started + self.request_timeout
+        else:
+            deadline = time.monotonic() + self.idle_timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -97,6 +103,8 @@ class _Connection:
             data = self.conn.recv(_RECV_SIZE)
         except OSError:
             return False
+        if not self.buffer:
+            self.line_started = time.monotonic()
         self.buffer += data
         return bool(data)
 

@@ -70,23 +70,24 @@ def run_history(
     config = write_config(workdir / f"history-{backend}.yaml", url)
     now = utcnow()
     anchor = now - timedelta(days=300)
+    accounts = min(ACCOUNTS, *steps)
     results: list[Measured] = []
     try:
         started = time.perf_counter()
-        pool_id = load_pool(engine, ACCOUNTS, now)
-        holders = _open_leases(engine, pool_id, now, anchor)
+        pool_id = load_pool(engine, accounts, now)
+        holders = _open_leases(engine, pool_id, accounts, now, anchor)
         past = _identities(engine, "Past", PAST_PERSONS, anchor - CYCLE * 12)
         log(f"{backend}: pool, {holders} open leases in {_since(started)}")
         cycles = 0
         for step in steps:
             started = time.perf_counter()
-            wanted = -(-step // ACCOUNTS)
+            wanted = -(-step // accounts)
             for cycle in range(cycles + 1, wanted + 1):
-                _add_cycle(engine, pool_id, cycle, anchor, past)
+                _add_cycle(engine, pool_id, accounts, cycle, (anchor, past))
             cycles = max(cycles, wanted)
             _make_due(engine, now)
-            log(f"{backend}: {cycles * ACCOUNTS:,} ended leases in {_since(started)}")
-            results += _measure(backend, config, workdir, cycles * ACCOUNTS)
+            log(f"{backend}: {cycles * accounts:,} ended leases in {_since(started)}")
+            results += _measure(backend, config, workdir, cycles * accounts)
     finally:
         drop_database(backend, url)
     return results
@@ -108,9 +109,11 @@ def _identities(engine: Engine, kind: str, count: int, created: datetime) -> int
     return first
 
 
-def _open_leases(engine: Engine, pool_id: int, now: datetime, anchor: datetime) -> int:
-    """Lease accounts 1..ACCOUNTS/2 to holders used within the last 30 days."""
-    count = ACCOUNTS // 2
+def _open_leases(
+    engine: Engine, pool_id: int, accounts: int, now: datetime, anchor: datetime
+) -> int:
+    """Lease the first half of the accounts to holders used in the last 30 days."""
+    count = accounts // 2
     first = _identities(engine, "Holder", count, anchor)
     with engine.begin() as conn:
         for chunk in _ranges(count):
@@ -136,12 +139,20 @@ def _open_leases(engine: Engine, pool_id: int, now: datetime, anchor: datetime) 
 
 
 def _add_cycle(
-    engine: Engine, pool_id: int, cycle: int, anchor: datetime, past: int
+    engine: Engine,
+    pool_id: int,
+    accounts: int,
+    cycle: int,
+    origin: tuple[datetime, int],
 ) -> None:
-    """Add the cycle-th lease before the present one on every account."""
+    """Add the cycle-th lease before the present one on every account.
+
+    origin is the start of the present leases and the first past person's id.
+    """
+    anchor, past = origin
     started = anchor - CYCLE * cycle
     with engine.begin() as conn:
-        for chunk in _ranges(ACCOUNTS):
+        for chunk in _ranges(accounts):
             leases, events = [], []
             for i in chunk:
                 person = past + (i * 7 + cycle * 13) % PAST_PERSONS
