@@ -239,17 +239,31 @@ class Mapper:
         IMMEDIATE). When every free account is locked by others, the caller
         retries rather than reporting the pool exhausted.
         """
-        rejected: set[int] = set()
         locking = conn.dialect.name != "sqlite"
         params = {
             "pool_id": route.pool_id,
             "cutoff": self.quiet.safe_cutoff(now),
             "requester": identity_id,
         }
+        account = self._first_usable(conn, params, now, lock=locking)
+        # Nothing this caller could lock: if an unlocked read still finds a
+        # usable account, another transaction holds it for the moment.
+        if (
+            account is None
+            and locking
+            and self._first_usable(conn, params, now, lock=False) is not None
+        ):
+            raise _Retry("free accounts are locked by concurrent callers")
+        return account
+
+    def _first_usable(
+        self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
+    ) -> Row[Any] | None:
+        rejected: set[int] = set()
         for query in self._candidate_queries():
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
-                if locking:
+                if lock:
                     stmt = stmt.with_for_update(skip_locked=True)
                 batch = conn.execute(stmt.limit(_BATCH), params).all()
                 for account in batch:
@@ -258,8 +272,6 @@ class Mapper:
                     rejected.add(account.id)
                 if len(batch) < _BATCH:
                     break
-        if locking and _has_locked_free(conn, route, rejected):
-            raise _Retry("free accounts are locked by concurrent callers")
         return None
 
     def _candidate_queries(self) -> list[Select]:
@@ -515,15 +527,6 @@ def _new_id(result: CursorResult[Any]) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
-
-
-def _has_locked_free(conn: Connection, route: Route, rejected: set[int]) -> bool:
-    stmt = select(Account.id).where(
-        Account.pool_id == route.pool_id, Account.state == "free", ~IS_HELD
-    )
-    if rejected:
-        stmt = stmt.where(Account.id.not_in(rejected))
-    return conn.execute(stmt.limit(1)).first() is not None
 
 
 def _dn_only_routes(conn: Connection, pool_name: str) -> list[Route]:

@@ -453,3 +453,16 @@ def test_capacity_view_counts_free_accounts_still_resting(engine, site):
     with unit_of_work(engine, write=False) as session:
         (summary,) = pool_summaries(session, site.quiet, at("2025-06-01T00:00:00Z"))
     assert (summary.leased, summary.quiet, summary.free) == (0, 1, 1)
+
+
+def test_a_pool_whose_free_accounts_are_all_resting_is_exhausted_at_once(engine, site):
+    """Resting accounts are not 'locked by others': no retries, no contention."""
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    map_dn(engine, site, KIM, "/atlas", now=at("2025-05-01T00:00:00Z"))
+    with unit_of_work(engine) as session:
+        lease = session.scalars(select(Lease)).one()
+        end_lease(
+            session, lease, reason="test", actor="t", now=at("2025-05-02T00:00:00Z")
+        )
+    with pytest.raises(PoolExhaustedError):
+        map_dn(engine, site, JANE, "/atlas", now=at("2025-06-01T00:00:00Z"))

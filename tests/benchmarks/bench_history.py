@@ -31,6 +31,7 @@ from bench_db import (
     insert_identities,
     load_pool,
     person_dn,
+    tidy,
 )
 from bench_service import write_config
 from sqlalchemy import Engine, select, update
@@ -86,6 +87,7 @@ def run_history(
                 _add_cycle(engine, pool_id, accounts, cycle, (anchor, past))
             cycles = max(cycles, wanted)
             _make_due(engine, now)
+            tidy(engine)
             log(f"{backend}: {cycles * accounts:,} ended leases in {_since(started)}")
             results += _measure(backend, config, workdir, cycles * accounts)
     finally:

@@ -35,6 +35,7 @@ from bench_db import (  # noqa: E402
     prefill,
     release_new,
     server_version,
+    tidy,
     time_sync,
 )
 from bench_history import Measured, run_history  # noqa: E402
@@ -197,6 +198,7 @@ class Cells:
         """Free the new leases; note it if their number differs from the successes."""
         opened = count_open(self.engine) - self.prefilled.count
         ended = release_new(self.engine, self.pool_id, self.prefilled.count)
+        tidy(self.engine)
         succeeded = new.calls - new.failures
         if opened == ended == succeeded:
             return []
@@ -214,6 +216,7 @@ def measure_poolmgr(
         pool_id = load_pool(engine, size)
         held = int(size * plan.prefill)
         prefilled = prefill(engine, pool_id, held, utcnow() - timedelta(days=1))
+        tidy(engine)
         progress(
             f"{backend}: pool of {size:,} with {held:,} leases built in "
             f"{time.perf_counter() - started:.1f} s"
