@@ -9,14 +9,13 @@ failure into a result, so the probe's exit code is always 0, 1, 2 or 3.
 """
 
 import re
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -27,6 +26,7 @@ from poolmgr.errors import DatabaseUnavailableError
 from poolmgr.models import Account, Pool
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
+from poolmgr.views import pool_summaries
 
 MAX_LINE = 1000
 MAX_NAMED = 5
@@ -240,30 +240,10 @@ def available_accounts(
 ) -> dict[int, int]:
     """Return per pool the free accounts a newcomer could get now.
 
-    A free account still inside its quiet period is not available. Rows
-    past the calendar cutoff are counted in SQL; the few near it are
-    checked one by one, as month lengths make the cutoff inexact.
+    Accounts under an incident hold or still inside their quiet period are
+    not available; the counts are those of ``poolmgr pools``.
     """
-    quiet = settings.quiet
-    free = select(Account.pool_id, func.count()).where(Account.state == "free")
-    surely = free.where(
-        or_(
-            Account.last_used_at.is_(None),
-            Account.quiet_waived_at.is_not(None),
-            Account.last_used_at <= quiet.before(now),
-        )
-    ).group_by(Account.pool_id)
-    counts: dict[int, int] = defaultdict(int, session.execute(surely).all())
-    borderline = select(Account.pool_id, Account.last_used_at).where(
-        Account.state == "free",
-        Account.quiet_waived_at.is_(None),
-        Account.last_used_at > quiet.before(now),
-        Account.last_used_at <= quiet.safe_cutoff(now),
-    )
-    for pool_id, last_used in session.execute(borderline):
-        if last_used is not None and quiet.after(last_used) <= now:
-            counts[pool_id] += 1
-    return counts
+    return {s.pool_id: s.free for s in pool_summaries(session, settings.quiet, now)}
 
 
 def check_nss(context: CheckContext) -> CheckResult:

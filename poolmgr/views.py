@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from poolmgr.dn import parse_dn
 from poolmgr.errors import NotFoundError
+from poolmgr.holds import IS_HELD
 from poolmgr.identities import find_identity
 from poolmgr.models import Account, Identity, Lease, Pool, PoolRule
 from poolmgr.timeutil import Duration, utcnow
@@ -17,6 +18,7 @@ from poolmgr.timeutil import Duration, utcnow
 class PoolSummary:
     """Capacity and occupancy of one pool."""
 
+    pool_id: int
     name: str
     vo: str
     size: int
@@ -24,6 +26,7 @@ class PoolSummary:
     leased: int
     free: int
     quiet: int
+    held: int
     retired: int
     out_of_service: int
     first_uid: int
@@ -68,11 +71,20 @@ def pool_summaries(
 ) -> list[PoolSummary]:
     """Return every pool with its account counts, by name.
 
-    ``quiet`` counts free accounts whose quiet period is still running, so
-    that they cannot be handed out yet; ``free`` excludes them.
+    ``free`` counts the accounts a newcomer could get now. ``held`` counts
+    free accounts under an incident hold, and ``quiet`` those whose quiet
+    period is still running; neither can be handed out, and ``free``
+    excludes both.
     ``out_of_service`` counts accounts waiting for (or failing) cleanup.
     """
     resting = _resting_counts(session, quiet, now or utcnow())
+    held = dict(
+        session.execute(
+            select(Account.pool_id, func.count())
+            .where(Account.state == "free", IS_HELD)
+            .group_by(Account.pool_id)
+        ).all()
+    )
     counts = (
         select(
             Account.pool_id,
@@ -91,13 +103,15 @@ def pool_summaries(
     ).all()
     return [
         PoolSummary(
+            pool_id=pool.id,
             name=pool.name,
             vo=pool.vo,
             size=pool.size,
             declared=pool.declared_size,
             leased=int(leased or 0),
-            free=int(free or 0) - resting.get(pool.id, 0),
+            free=int(free or 0) - resting.get(pool.id, 0) - held.get(pool.id, 0),
             quiet=resting.get(pool.id, 0),
+            held=held.get(pool.id, 0),
             retired=int(retired or 0),
             out_of_service=int(total or 0)
             - int(leased or 0)
@@ -116,12 +130,15 @@ def _resting_counts(session: Session, quiet: Duration, now: datetime) -> dict[in
     rows = session.execute(
         select(Account.pool_id, Account.last_used_at, Account.quiet_waived_at).where(
             Account.state == "free",
+            ~IS_HELD,
             Account.last_used_at > quiet.before(now) - timedelta(days=4),
         )
     )
     counts: dict[int, int] = {}
     for pool_id, last_used, waived in rows:
-        if (waived is None or waived < last_used) and quiet.after(last_used) > now:
+        if last_used is None or (waived is not None and waived >= last_used):
+            continue
+        if quiet.after(last_used) > now:
             counts[pool_id] = counts.get(pool_id, 0) + 1
     return counts
 

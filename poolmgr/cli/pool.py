@@ -24,14 +24,14 @@ def register(app: typer.Typer) -> None:
 def pools_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List pools: size, leased, free, resting, cleaning and retired accounts."""
+    """List pools: accounts leased, free, resting, held, cleaning, retired."""
     quiet = state.settings().quiet
     with unit_of_work(state.engine(), write=False) as session:
         summaries = pool_summaries(session, quiet)
     if as_json:
         emit_json([summary.__dict__ for summary in summaries])
         return
-    headers = ["POOL", "VO", "SIZE", "DECLARED", "LEASED", "FREE", "QUIET"]
+    headers = ["POOL", "VO", "SIZE", "DECLARED", "LEASED", "FREE", "QUIET", "HELD"]
     headers += ["CLEANING", "RETIRED", "GROUP", "GID", "FIRST UID"]
     table(headers, [_pool_cells(summary) for summary in summaries])
 
@@ -39,7 +39,7 @@ def pools_command(
 def _pool_cells(s: PoolSummary) -> list[object]:
     name = s.name if s.live else f"{s.name} (retired)"
     return [
-        name, s.vo, s.size, s.declared, s.leased, s.free, s.quiet,
+        name, s.vo, s.size, s.declared, s.leased, s.free, s.quiet, s.held,
         s.out_of_service, s.retired, s.group, s.gid, s.first_uid,
     ]  # fmt: skip
 
