@@ -192,6 +192,17 @@ class Settings(_Strict):
             raise ValueError("the quiet period must be longer than zero")
         return value
 
+    @field_validator("ban_sources")
+    @classmethod
+    def _check_source_names(
+        cls, value: list[BanSourceSettings]
+    ) -> list[BanSourceSettings]:
+        names = [source.name for source in value]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"ban source name(s) used twice: {', '.join(doubled)}")
+        return value
+
     @field_validator("pools")
     @classmethod
     def _check_pool_names(cls, value: dict[str, PoolSettings]) -> dict:

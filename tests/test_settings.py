@@ -56,6 +56,10 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         ),
         ("syslog:\n  facility: nowhere\n", "syslog.facility: unknown syslog facility"),
         ("- a list\n", "the configuration must be a mapping"),
+        (
+            "ban_sources:\n  - {name: c, location: /a}\n  - {name: c, location: /b}\n",
+            "ban_sources: ban source name(s) used twice: c",
+        ),
         ("key: [unclosed\n", "line 2: "),
     ],
     ids=[
@@ -66,6 +70,7 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         "prefix",
         "facility",
         "not-mapping",
+        "double-source",
         "yaml-syntax",
     ],
 )
