@@ -1,5 +1,6 @@
 """Schema management through Alembic: upgrade, status and drift check."""
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,17 @@ from sqlalchemy import Engine
 
 from poolmgr.db import Base, is_sqlite
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _migrations_dir() -> Path:
+    """Return the migrations: the installed poolmgr_migrations, or the checkout's."""
+    spec = importlib.util.find_spec("poolmgr_migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+MIGRATIONS = _migrations_dir()
 
 
 @dataclass(frozen=True)

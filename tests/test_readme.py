@@ -33,3 +33,13 @@ def test_quickstart_output_matches_the_readme(tmp_path):
         wanted = STAMP.sub("<time>", expected)
         assert wanted in actual[position:], f"README line not printed: {expected!r}"
         position = actual.index(wanted, position) + 1
+
+
+def test_the_readme_vo_card_example_passes_the_checker(tmp_path):
+    from poolmgr.vocards import check_cards
+
+    text = (TOP / "README.md").read_text()
+    start = text.index("format: poolmgr-vocard/1")
+    card = tmp_path / "atlas.yaml"
+    card.write_text(text[start : text.index("```", start)])
+    assert check_cards(card) == []

@@ -3,7 +3,7 @@
 # ended and before the account goes back to the free pool. Configure it as
 #
 #   recycle:
-#     cleanup_command: [/usr/libexec/poolmgr/cleanup-account.sh]
+#     cleanup_command: [/usr/libexec/poolmgr/cleanup-account]
 #
 # poolmgr appends the account name as the last argument and describes the
 # ended lease in POOLMGR_ACCOUNT, POOLMGR_UID, POOLMGR_POOL, POOLMGR_DN,

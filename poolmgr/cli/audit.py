@@ -27,8 +27,8 @@ recyclable now and due in the next 30 days; overrides and failed cleanups
 since --since (default: one month ago) with who and why; accounts out of
 service; time since last use; and a check of the whole lease history that no
 account went to another person inside its quiet period without an override.
-html is one self-contained page with charts; csv is one table with a
-'section' column (see the poolmgr.audit_formats module). --output writes
+html is one self-contained page with charts; csv is one table whose first
+column, 'section', names the part of the report each row belongs to. --output writes
 the file atomically, mode 0640. Exit codes: 0 written (also when the history
 check found violations: they are in the report); 1 the file could not be
 written; 2 bad option; 8 database unavailable."""
