@@ -72,9 +72,12 @@ _SYNONYMS = (
 _ATTRIBUTES = {alias.lower(): names[0] for names in _SYNONYMS for alias in names}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _OID = re.compile(r"(?:oid\.)?([0-9]+(?:\.[0-9]+)+)", re.IGNORECASE)
-# Line breaks and bidi overrides would let a DN forge log lines or displays.
+# Line breaks and bidi overrides would let a DN forge log lines or displays;
+# invisible characters (zero-width, soft hyphen, BOM) and spaces other than
+# U+0020 would let two DNs that print alike be two different persons.
 _FORBIDDEN = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+    "\u00a0\u00ad\u061c\u180e\u2000-\u200f\u202f\u205f-\u2064\u3000\ufeff]"
 )
 _SUBJECT_PREFIX = re.compile(r"\s*subject\s*=\s*", re.IGNORECASE)
 _SPECIALS = frozenset(' ,=+<>#;"/\\')
@@ -184,7 +187,7 @@ def _check_text(text: str) -> None:
     if not text.strip(" "):
         raise _bad(text, "is empty")
     if _FORBIDDEN.search(text):
-        raise _bad(text, "contains a control character")
+        raise _bad(text, "contains a control or invisible character")
     if "=" not in text:
         raise _bad(text, "has no '='")
 
@@ -339,7 +342,7 @@ def _decode_value(raw: str, text: str, comma: bool) -> str:
     else:
         value = _unescape(raw, text)
     if _FORBIDDEN.search(value):
-        raise _bad(text, "contains an escaped control character")
+        raise _bad(text, "contains an escaped control or invisible character")
     return value.strip(" ")
 
 
