@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -145,8 +144,8 @@ def _connect_args(backend: str) -> dict[str, Any]:
 
 
 def _create_sqlite_engine(database: str | None) -> Engine:
-    if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # The directory is never created here: a mistyped path must fail, not
+    # quietly start an empty lease history somewhere else.
     engine = create_engine(
         f"sqlite:///{database or ''}",
         connect_args={"timeout": 30, "isolation_level": None},
@@ -234,7 +233,8 @@ def is_unavailable(exc: DBAPIError) -> bool:
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
         return args[0] in _MYSQL_UNAVAILABLE
-    return str(orig).lower().startswith(_SQLITE_UNAVAILABLE)
+    message = str(orig).lower()
+    return any(part in message for part in _SQLITE_UNAVAILABLE)
 
 
 _MYSQL_CONFLICTS = {1205, 1213}

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from poolmgr import db, migrate
 from poolmgr.errors import DatabaseUnavailableError
 from poolmgr.logs import setup_logging
-from poolmgr.settings import Settings, load_settings
+from poolmgr.settings import Settings, default_state_dir, load_settings
 
 
 @dataclass
@@ -33,7 +33,10 @@ class State:
         Raises DatabaseUnavailableError when the database cannot be reached
         or is not at the schema revision this poolmgr needs.
         """
-        engine = db.get_engine(self.settings().database_url())
+        settings = self.settings()
+        if settings.database is None:
+            default_state_dir().mkdir(parents=True, exist_ok=True)
+        engine = db.get_engine(settings.database_url())
         db.ping(engine)
         if migrate_sqlite:
             migrate.ensure_schema(engine)

@@ -168,3 +168,13 @@ def test_vocards_check_exits_10_on_a_bad_card(cli, tmp_path):
     result = cli("vocards", "check", str(bad))
     assert result.code == 10
     assert result.err.startswith(f"{bad}:2: vo:")
+
+
+def test_a_mistyped_sqlite_path_fails_instead_of_starting_a_new_history(
+    tmp_path, capsys
+):
+    missing = tmp_path / "no-such-dir" / "poolmgr.db"
+    code = main(["--database", f"sqlite:///{missing}", "pools"])
+    assert code == 8
+    assert "unable to open database file" in capsys.readouterr().err
+    assert not missing.parent.exists()
