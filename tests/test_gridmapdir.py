@@ -649,3 +649,47 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
     assert os.stat(target / "atlas002").st_mtime_ns == datetime_to_ns(MAY_1)
     assert (target / "unrelated").read_text() == "x"
     assert export(sqlite_engine, target, update=True).times_set == 0
+
+
+@pytest.mark.parametrize(
+    ("link_time", "problem"),
+    [
+        ("2026-03-01T00:00:00Z", "its quiet period runs until 2026-07-01T00:00:00Z"),
+        ("2026-01-15T00:00:00Z", "after this link's last use"),
+        ("2026-07-01T00:00:00Z", None),
+    ],
+    ids=["inside-quiet-period", "before-previous-end", "after-quiet-period"],
+)
+def test_import_never_hands_an_account_on_inside_the_quiet_period(
+    sqlite_engine, tmp_path, link_time, problem
+):
+    from poolmgr.leases import end_lease
+
+    site = atlas_site()
+    atlas_pools(sqlite_engine, site)
+    map_dn(
+        sqlite_engine,
+        site,
+        "/DC=org/DC=example/CN=Bob",
+        "/atlas",
+        now=at("2026-01-01T00:00:00Z"),
+    )
+    with unit_of_work(sqlite_engine) as session:
+        lease = session.scalars(select(Lease)).one()
+        end_lease(
+            session,
+            lease,
+            reason="quiet_period",
+            actor="recycle",
+            now=at("2026-02-01T00:00:00Z"),
+        )
+    directory = make_gridmapdir(
+        tmp_path / "g", ["atlas001"], {ALEX_LEASE: "atlas001"}, when=at(link_time)
+    )
+    plan = run_import(sqlite_engine, directory)
+    if problem is None:
+        assert [lease.account for lease in plan.leases] == ["atlas001"]
+        return
+    assert plan.leases == []
+    assert [f.kind for f in plan.findings] == ["conflict"]
+    assert problem in plan.findings[0].detail

@@ -51,7 +51,11 @@ def import_command(
     show = sys.stderr.isatty() if progress is None else progress
     with unit_of_work(state.engine(), write=not dry_run) as session:
         plan = import_gridmapdir(
-            session, directory, dry_run=dry_run, progress=_progress if show else None
+            session,
+            directory,
+            dry_run=dry_run,
+            progress=_progress if show else None,
+            quiet=state.settings().quiet,
         )
     if as_json:
         emit_json(_plan_json(plan, dry_run))

@@ -34,8 +34,10 @@ from poolmgr.gridmapdir.names import (
 from poolmgr.gridmapdir.scan import PROGRESS_EVERY, Inode, Progress, scan_gridmapdir
 from poolmgr.identities import X509, get_or_create_identity, key_hash
 from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.timeutil import Duration, format_time
 
 logger = logging.getLogger(__name__)
+SIX_MONTHS = Duration.parse("6 months")
 
 ACTOR = "gridmapdir-import"
 
@@ -101,7 +103,10 @@ class _OpenLease:
 
 
 def plan_import(
-    session: Session, directory: Path, progress: Progress | None = None
+    session: Session,
+    directory: Path,
+    progress: Progress | None = None,
+    quiet: Duration = SIX_MONTHS,
 ) -> ImportPlan:
     """Read directory and decide what importing it would do; change nothing.
 
@@ -116,7 +121,7 @@ def plan_import(
     for inode in scan.inodes:
         candidates += _classify(inode, accounts, plan)
     decoded = _decode(candidates, plan)
-    _resolve(session, _latest_per_person(decoded, plan), plan)
+    _resolve(session, _latest_per_person(decoded, plan), plan, quiet)
     plan.unknown_accounts.sort()
     plan.leases.sort(key=lambda lease: lease.name)
     return plan
@@ -216,6 +221,7 @@ def _resolve(
     session: Session,
     decoded: list[tuple[DecodedName, bytes, _Account, Inode]],
     plan: ImportPlan,
+    quiet: Duration,
 ) -> None:
     by_account, by_person = _open_leases(session)
     for result, name, account, inode in decoded:
@@ -223,6 +229,8 @@ def _resolve(
         held = by_account.get(account.id)
         other = by_person.get((digest, account.pool_id))
         problem = _conflict(account, digest, held, other)
+        if problem is None and held is None:
+            problem = _history_conflict(session, account, digest, inode, quiet)
         if problem is not None:
             plan.findings.append(Finding("conflict", _text(name), problem))
             continue
@@ -260,6 +268,51 @@ def _conflict(
         return (
             f"poolmgr already gives this person another account in pool "
             f"{account.pool} (lease {other.id})"
+        )
+    return None
+
+
+def _history_conflict(
+    session: Session, account: _Account, digest: str, inode: Inode, quiet: Duration
+) -> str | None:
+    """Refuse a lease that poolmgr's history of the account contradicts.
+
+    An imported lease starts at its link's last use. It must not begin
+    before the account's previous lease ended, nor, for a different person,
+    inside the previous holder's quiet period unless an override waived it.
+    """
+    if account.state not in ("free", "leased"):
+        return f"account {account.name} is {account.state} in poolmgr"
+    previous = session.execute(
+        select(
+            Lease.ended_at,
+            Lease.last_used_at,
+            Identity.key_hash,
+            Identity.display,
+            Account.quiet_waived_at,
+        )
+        .join(Identity, Identity.id == Lease.identity_id)
+        .join(Account, Account.id == Lease.account_id)
+        .where(Lease.account_id == account.id, Lease.ended_at.is_not(None))
+        .order_by(Lease.ended_at.desc())
+        .limit(1)
+    ).first()
+    if previous is None:
+        return None
+    ended, last_use, holder, display, waived = previous
+    start = inode.last_use
+    if start < ended:
+        return (
+            f"poolmgr's history has {account.name} with {display!r} until "
+            f"{format_time(ended)}, after this link's last use"
+        )
+    if holder == digest or (waived is not None and waived >= last_use):
+        return None
+    if start < quiet.after(last_use):
+        return (
+            f"{account.name} was last used by {display!r} at "
+            f"{format_time(last_use)}; its quiet period runs until "
+            f"{format_time(quiet.after(last_use))}"
         )
     return None
 
@@ -357,9 +410,14 @@ def import_gridmapdir(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    quiet: Duration = SIX_MONTHS,
 ) -> ImportPlan:
-    """Plan the import of directory and, unless dry_run, apply it in session."""
-    plan = plan_import(session, directory, progress)
+    """Plan the import of directory and, unless dry_run, apply it in session.
+
+    quiet is the site's quiet period, against which a lease for a new
+    person on an account poolmgr has history for is checked.
+    """
+    plan = plan_import(session, directory, progress, quiet)
     if not dry_run:
         apply_import(session, plan, progress)
     logger.info(
