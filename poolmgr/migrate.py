@@ -14,7 +14,6 @@ from sqlalchemy import Engine
 from poolmgr.db import Base, is_sqlite
 
 
-
 def _migrations_dir() -> Path:
     """Return the migrations: the installed poolmgr_migrations, or the checkout's."""
     spec = importlib.util.find_spec("poolmgr_migrations")

@@ -277,9 +277,9 @@ def _history_conflict(
 ) -> str | None:
     """Refuse a lease that poolmgr's history of the account contradicts.
 
-    An imported lease starts at its link's last use. It must not begin
-    before the account's previous lease ended, nor, for a different person,
-    inside the previous holder's quiet period unless an override waived it.
+    An imported lease starts at its link's last use. For a person other
+    than the previous holder it must not begin before that lease ended, nor
+    inside its quiet period unless an override waived it.
     """
     if account.state not in ("free", "leased"):
         return f"account {account.name} is {account.state} in poolmgr"
@@ -301,12 +301,14 @@ def _history_conflict(
         return None
     ended, last_use, holder, display, waived = previous
     start = inode.last_use
+    if holder == digest or ended is None:
+        return None
     if start < ended:
         return (
             f"poolmgr's history has {account.name} with {display!r} until "
             f"{format_time(ended)}, after this link's last use"
         )
-    if holder == digest or (waived is not None and waived >= last_use):
+    if waived is not None and waived >= last_use:
         return None
     if start < quiet.after(last_use):
         return (
