@@ -76,10 +76,12 @@ def oneline(dn: DistinguishedName, non_ascii: str = "lcmaps") -> str:
     """Return dn as OpenSSL's X509_NAME_oneline prints it (see module doc)."""
     if non_ascii not in NON_ASCII_MODES:
         raise BadInputError(f"Unknown non-ASCII mode {non_ascii!r}.")
+    # The attributes of one multi-valued RDN are joined with "+", as
+    # OpenSSL 3 prints them.
     return "".join(
-        f"/{attr}={_oneline_value(value, non_ascii)}"
+        "/"
+        + "+".join(f"{attr}={_oneline_value(value, non_ascii)}" for attr, value in rdn)
         for rdn in dn.rdns
-        for attr, value in rdn
     )
 
 

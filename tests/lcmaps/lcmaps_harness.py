@@ -5,9 +5,11 @@ server command: the fake server here, or `poolmgr serve`.
 """
 
 import ctypes.util
+import io
 import itertools
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -15,8 +17,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +218,155 @@ def make_certificate(directory: Path, subject: str) -> Path:
         + ["-keyout", str(directory / "key.pem"), "-out", str(cert)]
     )
     return cert
+
+
+# Helpers for driving the real poolmgr: its CLI, its service, its NSS lines.
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """One in-process poolmgr command: exit status, stdout, stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """The JSON the command printed; raises with its stderr if it failed."""
+        if self.code != 0:
+            raise AssertionError(f"poolmgr exited {self.code}: {self.err}")
+        return json.loads(self.out)
+
+
+def poolmgr_executable() -> Path:
+    """The poolmgr console script of the virtualenv running the tests."""
+    return Path(sys.executable).parent / "poolmgr"
+
+
+def write_poolmgr_config(
+    directory: Path, cards: Mapping[str, str], extra: str = ""
+) -> Path:
+    """A site config with an SQLite database and the VO cards in directory."""
+    card_dir = directory / "vocards"
+    card_dir.mkdir()
+    for name, text in cards.items():
+        (card_dir / f"{name}.yaml").write_text(text)
+    config = directory / "poolmgr.yaml"
+    config.write_text(
+        f"database: sqlite:///{directory / 'poolmgr.db'}\n"
+        f"vocards: {card_dir}\n"
+        "check_nss: false\n"
+        "last_use_resolution: 0\n"
+        "syslog:\n  enabled: false\n" + extra
+    )
+    return config
+
+
+def run_poolmgr(config: Path, *args: str) -> CliRun:
+    """Run one poolmgr command in this process, with config.
+
+    The same entry point as the console script, without its interpreter
+    start-up (over a second per command), which would blow the time budget.
+    """
+    from poolmgr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["--config", str(config), *args])
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+def serve_command(config: Path, socket_path: Path) -> list[str]:
+    """The command that runs the real mapping service on socket_path."""
+    return [
+        str(poolmgr_executable()),
+        *("--config", str(config), "serve", "--socket", str(socket_path)),
+    ]
+
+
+_NAMESPACE_WRAPPER = """#!/bin/sh
+# Runs the driver with passwd and group copies bind-mounted over /etc in a
+# private mount namespace: the pool accounts resolve, the system is untouched.
+exec unshare --mount {user_option} sh -c \\
+    'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group \\
+     && shift 2 && exec "$@"' \\
+    sh {passwd} {group} {driver} "$@"
+"""
+
+
+def _unshare_user_option() -> str:
+    """Root can unshare itself; anybody else needs a user namespace too."""
+    return "" if os.geteuid() == 0 else "--map-root-user"
+
+
+def namespace_problem() -> str | None:
+    """Why a private mount namespace with bind mounts is impossible, or None."""
+    command = ["unshare", "--mount", *_unshare_user_option().split()]
+    command += ["mount", "--bind", "/etc/passwd", "/etc/passwd"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "unshare (util-linux) is not installed"
+    if done.returncode != 0:
+        return f"{' '.join(command)} failed: {done.stderr.strip()}"
+    return None
+
+
+def with_accounts(
+    lcmaps: LcmapsBuild, directory: Path, passwd_lines: str, group_lines: str
+) -> LcmapsBuild:
+    """The build, its driver wrapped to see extra passwd and group lines.
+
+    The copies are the real files plus the given lines; they exist only
+    inside the wrapper's mount namespace, so /etc is never modified.
+    """
+    passwd = directory / "passwd"
+    group = directory / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + passwd_lines)
+    group.write_text(Path("/etc/group").read_text() + group_lines)
+    wrapper = directory / "driver-with-accounts"
+    wrapper.write_text(
+        _NAMESPACE_WRAPPER.format(
+            user_option=_unshare_user_option(),
+            passwd=shlex.quote(str(passwd)),
+            group=shlex.quote(str(group)),
+            driver=shlex.quote(str(lcmaps.driver)),
+        )
+    )
+    wrapper.chmod(0o755)
+    return LcmapsBuild(plugin=lcmaps.plugin, driver=wrapper)
+
+
+def open_lease_uses(config: Path) -> dict[str, tuple[str, datetime]]:
+    """Each open lease's account → (person's DN, exact last use), from the database.
+
+    ``poolmgr leases --json`` prints whole seconds; mtimes and the checks
+    that nothing was touched need the stored microseconds.
+    """
+    from sqlalchemy import select
+
+    from poolmgr.db import get_engine, unit_of_work
+    from poolmgr.models import Account, Identity, Lease
+    from poolmgr.settings import load_settings
+
+    engine = get_engine(load_settings(config, None).database_url())
+    query = (
+        select(Account.name, Identity.display, Lease.last_used_at)
+        .join(Account, Account.id == Lease.account_id)
+        .join(Identity, Identity.id == Lease.identity_id)
+        .where(Lease.open_marker == 1)
+    )
+    with unit_of_work(engine, write=False) as session:
+        return {name: (dn, used) for name, dn, used in session.execute(query)}
+
+
+def is_known_person(config: Path, dn: str) -> bool:
+    """Whether the database holds an identity for dn (in any of its forms)."""
+    from poolmgr.db import get_engine, unit_of_work
+    from poolmgr.dn import parse_dn
+    from poolmgr.identities import find_identity
+    from poolmgr.settings import load_settings
+
+    engine = get_engine(load_settings(config, None).database_url())
+    with unit_of_work(engine, write=False) as session:
+        return find_identity(session, parse_dn(dn)) is not None
