@@ -5,7 +5,7 @@
 # returns at once when everything is already installed.
 set -eu
 
-PACKAGES="gcc make libc6-dev openssl liblcmaps-dev lcmaps-basic-interface lcmaps-plugins-basic-dummy lcmaps-plugins-basic-localaccount lcmaps-plugins-basic-poolaccount"
+PACKAGES="gcc make libc6-dev openssl liblcmaps-dev lcmaps-basic-interface lcmaps-plugins-basic-dummy lcmaps-plugins-basic-localaccount lcmaps-plugins-basic-poolaccount lcmaps-plugins-voms"
 
 missing=""
 for pkg in $PACKAGES; do

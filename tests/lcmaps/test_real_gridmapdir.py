@@ -96,6 +96,7 @@ PEOPLE = {
     "carol": (CAROL, CAROL, PLAIN),
     "dave": (DAVE, DAVE, PLAIN),
 }
+
 # The grid-mapfile is matched with fnmatch: the DN line covers every test
 # DN (including the backslash escapes of the certificate form); the FQAN
 # lines choose the pool for lcmaps_voms_poolaccount.
