@@ -36,6 +36,17 @@ def default_database_url() -> str:
     return f"sqlite:///{default_state_dir() / 'poolmgr.db'}"
 
 
+def _positive_duration(value: str, what: str) -> str:
+    """Return value if it parses as a duration longer than zero."""
+    try:
+        period = Duration.parse(value)
+    except PoolmgrError as exc:
+        raise ValueError(str(exc)) from None
+    if not period.is_positive():
+        raise ValueError(f"{what} must be longer than zero")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -148,13 +159,7 @@ class BanSourceSettings(_Strict):
     @field_validator("stale_after")
     @classmethod
     def _check_stale_after(cls, value: str) -> str:
-        try:
-            period = Duration.parse(value)
-        except PoolmgrError as exc:
-            raise ValueError(str(exc)) from None
-        if not period.is_positive():
-            raise ValueError("stale_after must be longer than zero")
-        return value
+        return _positive_duration(value, "stale_after")
 
     @property
     def stale(self) -> Duration:
@@ -184,13 +189,7 @@ class Settings(_Strict):
     @field_validator("quiet_period")
     @classmethod
     def _check_quiet_period(cls, value: str) -> str:
-        try:
-            period = Duration.parse(value)
-        except PoolmgrError as exc:
-            raise ValueError(str(exc)) from None
-        if not period.is_positive():
-            raise ValueError("the quiet period must be longer than zero")
-        return value
+        return _positive_duration(value, "the quiet period")
 
     @field_validator("ban_sources")
     @classmethod
