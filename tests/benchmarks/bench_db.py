@@ -98,7 +98,9 @@ def drop_database(backend: str, url: str) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    _admin(backend, f"DROP DATABASE IF EXISTS {make_url(url).database}")
+    # FORCE: a service that did not stop cleanly must not leave a database behind.
+    force = " WITH (FORCE)" if backend == "postgresql" else ""
+    _admin(backend, f"DROP DATABASE IF EXISTS {make_url(url).database}{force}")
 
 
 def _admin(backend: str, *statements: str) -> None:
