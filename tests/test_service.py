@@ -233,6 +233,20 @@ def test_peer_not_allowed_is_refused_on_a_real_socket(short_dir):
     assert reply == [f"ERR\tREFUSED\t{message}\n".encode()]
 
 
+def test_a_refused_peer_that_writes_late_still_reads_the_refusal(short_dir):
+    # The refusal goes out as soon as the peer connects; a client that sends
+    # its request only afterwards must neither fail to write nor be reset.
+    path = short_dir / "s.sock"
+    nobody_we_know = AccessPolicy(frozenset({4_000_000}))
+    with running(fake_handler(), path, policy=nobody_we_know), connect(path) as conn:
+        time.sleep(0.2)
+        conn.sendall(b"PING\nPING\n")
+        reply = read_lines(conn, 2)
+        assert is_closed(conn)
+    assert len(reply) == 1, f"expected one refusal, then EOF; got {reply}"
+    assert reply[0].startswith(b"ERR\tREFUSED\t")
+
+
 # Requests and replies.
 
 

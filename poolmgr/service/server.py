@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _RECV_SIZE = 65536
 _LISTEN_BACKLOG = 128
+_REFUSED_DRAIN_LIMIT = 65536  # bytes read from a refused peer before closing
 
 
 class _Stop:
@@ -250,6 +251,17 @@ class MappingService:
         error = PolicyError(f"User id {peer.uid} may not use the mapping service.")
         with suppress(OSError):
             conn.sendall(protocol.error_reply(error))
+            # Read what the client already sent, or sends next, before
+            # closing: closing over unread bytes resets the connection, and
+            # a client whose write fails never reads the refusal.
+            conn.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            drained = 0
+            while drained < _REFUSED_DRAIN_LIMIT and time.monotonic() < deadline:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     def _shutdown(self) -> None:
         assert self._listener is not None
