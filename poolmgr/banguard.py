@@ -131,11 +131,14 @@ class BanGuard:
         dn: DistinguishedName,
         fqans: Sequence[Fqan],
         conn: Connection | None = None,
+        *,
+        version: str | None = None,
     ) -> None:
         """Raise BannedError or BanListUnavailableError; otherwise return.
 
-        conn, when given, is the caller's read transaction (one transaction
-        less on the hot path). A person matched by a ban is refused as
+        conn, when given, is the caller's read connection (one checkout less
+        on the hot path), and version the ban_state version the caller just
+        read on it, if it did. A person matched by a ban is refused as
         banned even while a source is unread; anybody else is refused while
         any configured source has never been read.
         """
@@ -143,16 +146,20 @@ class BanGuard:
             with reading(self.engine) as own:
                 bans = self.current(own)
         else:
-            bans = self.current(conn)
+            bans = self.current(conn, version)
         hit = bans.match(dn, fqans)
         if hit is not None:
             self._refuse_banned(dn, fqans, hit)
         if bans.unread:
             self._refuse_unread(dn, bans.unread)
 
-    def current(self, conn: Connection) -> BanList:
-        """Return the cached ban list, reloaded when its version changed."""
-        version = conn.execute(VERSION).scalar()
+    def current(self, conn: Connection, version: str | None = None) -> BanList:
+        """Return the cached ban list, reloaded when its version changed.
+
+        version is the ban_state version if the caller has read it already.
+        """
+        if version is None:
+            version = conn.execute(VERSION).scalar()
         cached = self._list
         if cached is not None and version is not None and cached.version == version:
             return cached

@@ -12,7 +12,7 @@ that window (60 s by default), far below any quiet period.
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -23,9 +23,13 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
+    and_,
     bindparam,
+    case,
     exists,
     insert,
+    join,
+    literal,
     or_,
     select,
     update,
@@ -35,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from poolmgr import events, nss
 from poolmgr.banguard import BanGuard
+from poolmgr.bans import VERSION
 from poolmgr.db import is_conflict, reading, unit_of_work
 from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.errors import (
@@ -113,6 +118,21 @@ class _Held(NamedTuple):
     display_lossy: bool
 
 
+class _Person(NamedTuple):
+    """A known person's identity row, as the hot path reads it."""
+
+    id: int
+    display: str
+    display_lossy: bool
+
+
+class _Seen(NamedTuple):
+    """What the read before a write found: the person (None: unknown) and lease."""
+
+    person: _Person | None
+    held: _Held | None
+
+
 class Mapper:
     """Maps requests on one database; safe to share between threads."""
 
@@ -126,6 +146,7 @@ class Mapper:
         self._router_ttl = router_ttl
         self._router: tuple[float, Router] | None = None
         self.bans = BanGuard(engine, settings)
+        self._queries: dict[str, list[Select]] = {}
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
         """Return the mapping for request, creating or refreshing its lease.
@@ -136,10 +157,21 @@ class Mapper:
         parsed = parse_request(request)
         now = now or utcnow()
         with reading(self.engine) as conn:
-            # Before any lease is read or written, in every mode (issue 6).
-            self.bans.check(parsed.dn, parsed.fqans, conn)
+            # One round trip reads the ban list's version and the person's
+            # open leases; the ban check comes before any lease is used or
+            # written, in every mode.
+            rows = conn.execute(
+                _BAN_VERSION_PERSON_AND_OPEN_LEASES,
+                {"key_hash": key_hash(X509, parsed.dn.key)},
+            ).all()
+            first = rows[0]
+            self.bans.check(parsed.dn, parsed.fqans, conn, version=first[0])
             choice = self._choose(conn, parsed)
-            held = _open_lease(conn, parsed.dn, choice)
+            person = _Person(*first[1:4]) if first[1] is not None else None
+            held = _first_held(
+                [(*row[4:], row[1], row[3]) for row in rows if row[4] is not None],
+                choice,
+            )
         if held is not None and (
             request.verify
             or (now - held.last_used_at < self.resolution and not held.display_lossy)
@@ -150,8 +182,17 @@ class Mapper:
                 f"No open lease for {parsed.dn.slash()!r} in "
                 f"{_pool_list(choice.routes)}."
             )
+        # The first attempt on a server database writes on what was just
+        # read, saving the round trips of reading it again: the constraints
+        # and the guarded lease update catch a concurrent change, and every
+        # later attempt reads afresh. SQLite writers hold the write lock, so
+        # there the read inside the unit of work is exact and costs nothing.
+        trusted = [] if self.engine.dialect.name == "sqlite" else [_Seen(person, held)]
         return retry_conflicts(
-            self.engine, lambda session: self._map_writing(session, parsed, choice, now)
+            self.engine,
+            lambda session: self._map_writing(
+                session, parsed, choice, now, trusted.pop() if trusted else None
+            ),
         )
 
     def router(self, conn: Connection | Session) -> Router:
@@ -175,29 +216,35 @@ class Mapper:
         return choice
 
     def _map_writing(
-        self, session: Session, parsed: _Parsed, choice: Choice, now: datetime
+        self,
+        session: Session,
+        parsed: _Parsed,
+        choice: Choice,
+        now: datetime,
+        seen: _Seen | None,
     ) -> Mapping:
+        """Refresh or start the person's lease; seen: trust this read, if given."""
         conn = session.connection()
-        held = _open_lease(conn, parsed.dn, choice)
+        held = _open_lease(conn, parsed.dn, choice) if seen is None else seen.held
         if held is not None:
             if held.display_lossy:
                 # The lease came from a lowercased gridmapdir name; the DN as
                 # now presented restores its letter case for display (F03).
                 conn.execute(
-                    update(Identity)
-                    .where(Identity.id == held.identity_id)
-                    .values(display=parsed.dn.slash(), display_lossy=False)
+                    _RESTORE_DISPLAY,
+                    {"identity_id": held.identity_id, "display": parsed.dn.slash()},
                 )
-            conn.execute(
-                update(Lease)
-                .where(Lease.id == held.lease_id, Lease.last_used_at < now)
-                .values(last_used_at=now)
-            )
+            touched = conn.execute(
+                _TOUCH_OPEN_LEASE, {"lease_id": held.lease_id, "now": now}
+            ).rowcount
+            if not touched:
+                # Ended since it was read (by recycling, a ban or an override).
+                raise _Retry("the lease ended while it was being used")
             if held.last_used_at < now:
                 held = held._replace(last_used_at=now)
             return self._result(held, choice, parsed, new=False)
 
-        identity_id, display = _identity_for_lease(conn, parsed.dn, now)
+        identity_id, display = _identity_for_lease(conn, parsed.dn, now, seen)
         for index, route in enumerate(choice.routes):
             account = self._pick_account(conn, route, now, identity_id)
             if account is None:
@@ -260,7 +307,11 @@ class Mapper:
         self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
     ) -> Row[Any] | None:
         rejected: set[int] = set()
-        for query in self._candidate_queries():
+        dialect = conn.dialect.name
+        queries = self._queries.get(dialect)
+        if queries is None:
+            queries = self._queries[dialect] = self._candidate_queries(dialect)
+        for query in queries:
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
                 if lock:
@@ -274,7 +325,7 @@ class Mapper:
                     break
         return None
 
-    def _candidate_queries(self) -> list[Select]:
+    def _candidate_queries(self, dialect: str) -> list[Select]:
         """Return the free-account queries in preference order.
 
         Never-used accounts first, by number; then accounts whose quiet
@@ -298,7 +349,21 @@ class Mapper:
             Account.state == "free",
             ~IS_HELD,
         )
-        never_used = free.where(Account.last_used_at.is_(None)).order_by(Account.number)
+        # Both read an index in order and stop at the limit, however many
+        # accounts of the pool are leased. PostgreSQL takes its order from
+        # ix_accounts_free_order only when last_used_at (NULL in every row)
+        # is named in the ORDER BY; MariaDB does so only when it is not, and
+        # needs the index named to prefer it over the (pool_id, number) key.
+        if dialect in ("mysql", "mariadb"):
+            never_used = (
+                free.where(Account.last_used_at.is_(None))
+                .with_hint(Account, "FORCE INDEX (ix_accounts_free_order)", dialect)
+                .order_by(Account.number)
+            )
+        else:
+            never_used = free.where(Account.last_used_at.is_(None)).order_by(
+                Account.last_used_at, Account.number
+            )
         rested = free.where(
             Account.last_used_at.is_not(None),
             or_(
@@ -306,6 +371,10 @@ class Mapper:
                 Account.quiet_waived_at.is_not(None),
             ),
         ).order_by(Account.free_since, Account.number)
+        if dialect in ("mysql", "mariadb"):
+            rested = rested.with_hint(
+                Account, "FORCE INDEX (ix_accounts_free_since)", dialect
+            )
         return [never_used, rested]
 
     def _is_usable(self, account: Row[Any], now: datetime) -> bool:
@@ -398,43 +467,73 @@ def _open_lease(
     if not choice.routes:
         return None
     rows = conn.execute(_OPEN_LEASES, {"key_hash": key_hash(X509, dn.key)}).all()
+    return _first_held(rows, choice)
+
+
+def _first_held(rows: Sequence[Sequence[Any]], choice: Choice) -> _Held | None:
+    """Return the open lease among rows in the first pool of choice, or None."""
     order = {route.pool_id: i for i, route in enumerate(choice.routes)}
-    matching = [row for row in rows if row.pool_id in order]
+    matching = [row for row in rows if row[1] in order]
     if not matching:
         return None
-    return _Held(*min(matching, key=lambda row: order[row.pool_id]))
+    return _Held(*min(matching, key=lambda row: order[row[1]]))
 
 
-_OPEN_LEASES = (
-    select(
-        Lease.id,
-        Lease.pool_id,
-        Lease.last_used_at,
-        Account.name,
-        Account.uid,
-        Pool.name,
-        Pool.gid,
-        Identity.id,
-        Identity.display_lossy,
-    )
-    .select_from(Identity)
-    .join(Lease, Lease.identity_id == Identity.id)
+_HELD_COLUMNS = (
+    Lease.id,
+    Lease.pool_id,
+    Lease.last_used_at,
+    Account.name,
+    Account.uid,
+    Pool.name,
+    Pool.gid,
+    Identity.id,
+    Identity.display_lossy,
+)
+_PERSONS_OPEN_LEASES = (
+    join(Identity, Lease, Lease.identity_id == Identity.id)
     .join(Account, Account.id == Lease.account_id)
     .join(Pool, Pool.id == Lease.pool_id)
+)
+_OPEN_LEASES = (
+    select(*_HELD_COLUMNS)
+    .select_from(_PERSONS_OPEN_LEASES)
     .where(Identity.key_hash == bindparam("key_hash"), Lease.open_marker == 1)
+)
+# One row per open lease of the person (one row of NULLs if none), each with
+# the ban list's version and the person's identity (NULLs if unknown). The
+# version is a subquery: a database without its ban_state row still answers.
+_ONE_ROW = select(literal(1).label("one")).subquery("one_row")
+_BAN_VERSION_PERSON_AND_OPEN_LEASES = (
+    select(
+        VERSION.scalar_subquery(),
+        Identity.id,
+        Identity.display,
+        Identity.display_lossy,
+        *_HELD_COLUMNS[:7],
+    )
+    .select_from(_ONE_ROW)
+    .outerjoin(Identity, Identity.key_hash == bindparam("key_hash"))
+    .outerjoin(Lease, and_(Lease.identity_id == Identity.id, Lease.open_marker == 1))
+    .outerjoin(Account, Account.id == Lease.account_id)
+    .outerjoin(Pool, Pool.id == Lease.pool_id)
 )
 
 
 def _identity_for_lease(
-    conn: Connection, dn: DistinguishedName, now: datetime
+    conn: Connection, dn: DistinguishedName, now: datetime, seen: _Seen | None
 ) -> tuple[int, str]:
     """Return (id, display) of the person's identity, creating it if new.
 
+    seen, if given, holds the identity as just read (None: unknown then).
     A concurrent creation of the same person makes the insert fail on the
     unique key hash; the whole unit of work is then retried and finds it.
     """
     digest = key_hash(X509, dn.key)
-    row = conn.execute(_IDENTITY_BY_HASH, {"key_hash": digest}).first()
+    if seen is None:
+        row = conn.execute(_IDENTITY_BY_HASH, {"key_hash": digest}).first()
+    else:
+        row = seen.person
     display = dn.slash()
     if row is None:
         values = {
@@ -447,15 +546,27 @@ def _identity_for_lease(
         }
         return _new_id(conn.execute(insert(Identity), values)), display
     if row.display_lossy:
-        conn.execute(
-            update(Identity)
-            .where(Identity.id == row.id)
-            .values(display=display, display_lossy=False)
-        )
+        conn.execute(_RESTORE_DISPLAY, {"identity_id": row.id, "display": display})
         return row.id, display
     return row.id, row.display
 
 
+_RESTORE_DISPLAY = (
+    update(Identity)
+    .where(Identity.id == bindparam("identity_id"))
+    .values(display=bindparam("display"), display_lossy=False)
+)
+# Last use never moves back; a lease that ended matches no row.
+_TOUCH_OPEN_LEASE = (
+    update(Lease)
+    .where(Lease.id == bindparam("lease_id"), Lease.open_marker == 1)
+    .values(
+        last_used_at=case(
+            (Lease.last_used_at < bindparam("now"), bindparam("now")),
+            else_=Lease.last_used_at,
+        )
+    )
+)
 _IDENTITY_BY_HASH = select(Identity.id, Identity.display, Identity.display_lossy).where(
     Identity.key_hash == bindparam("key_hash")
 )

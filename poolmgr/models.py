@@ -99,7 +99,7 @@ class Account(Base):
             "state IN ('free', 'leased', 'cleaning', 'retired')", name="state"
         ),
         Index("ix_accounts_free_order", "pool_id", "state", "last_used_at", "number"),
-        Index("ix_accounts_free_since", "pool_id", "state", "free_since"),
+        Index("ix_accounts_free_since", "pool_id", "state", "free_since", "number"),
     )
 
 

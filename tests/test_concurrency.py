@@ -101,3 +101,75 @@ def test_separate_processes_sharing_one_database(engine, site):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# Changes that land between a mapping's read and its write. On a server
+# database the first write attempt relies on what the read found; these
+# make that read stale on purpose, right after it.
+
+
+def _after_the_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
+    """Run change once, just after the next mapping's read phase."""
+    from contextlib import contextmanager
+
+    import poolmgr.leases as leases
+
+    original = leases.reading
+    pending = [change]
+
+    @contextmanager
+    def reading_then_change(engine):
+        with original(engine) as conn:
+            yield conn
+        if pending:
+            pending.pop()()
+
+    monkeypatch.setattr(leases, "reading", reading_then_change)
+
+
+def test_a_lease_ended_after_the_read_is_not_touched_and_a_new_one_starts(
+    engine, site, monkeypatch
+):
+    from datetime import timedelta
+
+    from poolmgr.db import unit_of_work
+    from poolmgr.leases import end_lease
+    from poolmgr.models import Lease
+    from poolmgr.timeutil import utcnow
+
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    dn = "/DC=org/DC=example/CN=Robin Race"
+    start = utcnow() - timedelta(hours=1)
+    first = Mapper(engine, site).map(MapRequest(dn=dn, fqans=("/tst",)), now=start)
+
+    def end_it() -> None:
+        with unit_of_work(engine) as session:
+            lease = session.get(Lease, first.lease_id)
+            end_lease(session, lease, reason="test", actor="test", now=utcnow())
+
+    _after_the_read(monkeypatch, end_it)
+    again = Mapper(engine, site).map(MapRequest(dn=dn, fqans=("/tst",)))
+
+    leases = all_leases(engine)
+    assert again.new and again.lease_id != first.lease_id, (
+        f"expected a new lease after the old one ended, got {again}"
+    )
+    assert leases[0].ended_at is not None
+    assert leases[0].last_used_at == start, "an ended lease was touched"
+    assert invariant_violations(engine) == []
+
+
+def test_a_person_created_after_the_read_is_found_on_retry(engine, site, monkeypatch):
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    dn = "/DC=org/DC=example/CN=Robin Race"
+    other = Mapper(engine, site)
+
+    def map_elsewhere() -> None:
+        other.map(MapRequest(dn=dn, fqans=("/tst",)))
+
+    _after_the_read(monkeypatch, map_elsewhere)
+    result = Mapper(engine, site).map(MapRequest(dn=dn, fqans=("/tst",)))
+
+    (lease,) = all_leases(engine)
+    assert result.lease_id == lease.id and result.account == "tst001"
+    assert invariant_violations(engine) == []

@@ -246,7 +246,7 @@ def _note(name: str, output: str, report: Path) -> str:
         recycled = sum(1 for line in output.splitlines() if line.startswith("recycled"))
         return f"{recycled} recycled"
     if report.exists():
-        return f"report {report.stat().st_size // 1024} KiB"
+        return f"report of {len(report.read_text().splitlines())} lines"
     return output.strip()[-200:]
 
 
