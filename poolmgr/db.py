@@ -89,7 +89,9 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 _engines: dict[str, Engine] = {}
-_sqlite_write: ContextVar[bool] = ContextVar("sqlite_write", default=True)
+# How the next SQLite transaction begins: IMMEDIATE (a writer), DEFERRED (a
+# reader) or not at all (single statements, each its own snapshot).
+_sqlite_begin: ContextVar[str | None] = ContextVar("sqlite_begin", default="IMMEDIATE")
 
 
 def get_engine(url: str) -> Engine:
@@ -206,8 +208,9 @@ def _create_sqlite_engine(database: str | None) -> Engine:
         # The sqlite3 module's own transaction handling is off; a unit of
         # work that writes asks for the write lock up front (BEGIN IMMEDIATE)
         # so two writers never both read a free account and then collide.
-        mode = "IMMEDIATE" if _sqlite_write.get() else "DEFERRED"
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        mode = _sqlite_begin.get()
+        if mode is not None:
+            connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -219,7 +222,7 @@ def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     With write=True on SQLite the transaction takes the write lock at once.
     Connection failures become DatabaseUnavailableError.
     """
-    token = _sqlite_write.set(write)
+    token = _sqlite_begin.set("IMMEDIATE" if write else "DEFERRED")
     try:
         with _session_factory(engine).begin() as session:
             yield session
@@ -230,7 +233,7 @@ def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
             raise _unavailable(engine, exc) from exc
         raise
     finally:
-        _sqlite_write.reset(token)
+        _sqlite_begin.reset(token)
 
 
 @contextmanager
@@ -238,15 +241,18 @@ def reading(engine: Engine) -> Iterator[Connection]:
     """Yield a Connection for reading only (no ORM session).
 
     For the mapping hot path, where a Session's bookkeeping costs more than
-    the query itself. Errors are translated as in unit_of_work.
+    the query itself. On SQLite and PostgreSQL each statement runs on its
+    own, without BEGIN and COMMIT (on PostgreSQL two round trips fewer), so
+    every statement sees a consistent snapshot but two statements may not
+    see the same one: callers read what must agree in one statement. On
+    MariaDB a transaction starts implicitly and costs nothing extra. Errors
+    are translated as in unit_of_work.
     """
-    token = _sqlite_write.set(False)
+    token = _sqlite_begin.set(None)
     try:
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
-                # Statements without BEGIN and COMMIT, each in its own
-                # snapshot: two round trips fewer per request. psycopg
-                # switches this per connection without asking the server.
+                # psycopg switches this per connection without a round trip.
                 conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
             else:
@@ -257,7 +263,7 @@ def reading(engine: Engine) -> Iterator[Connection]:
             raise _unavailable(engine, exc) from exc
         raise
     finally:
-        _sqlite_write.reset(token)
+        _sqlite_begin.reset(token)
 
 
 _PG_CONFLICTS = {"40001", "40P01", "55P03"}

@@ -92,14 +92,20 @@ class RecycleSettings(_Strict):
         return value
 
 
+def default_processes() -> int:
+    """Return one service process per usable CPU, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
 class ServiceSettings(_Strict):
     """The mapping service on a Unix socket (``poolmgr serve``).
 
     Only root, the service's own user and members of ``group`` may connect.
     Beyond ``max_clients`` open connections new ones wait in the listen
     backlog; ``workers`` bounds the mappings that run at once in each of
-    ``processes`` worker processes (more than one needs a supervisor that
-    forks them; a single Python process uses about one core). A connection
+    ``processes`` worker processes, forked by one supervisor when more than
+    one (a single Python process uses about one core, so the default is one
+    per CPU this process may run on, at most 8). A connection
     idle for ``idle_timeout`` seconds is closed, and a request line must
     arrive (and its reply be taken) within ``request_timeout`` seconds.
     Routing rules changed by sync reach a running service within
@@ -110,7 +116,9 @@ class ServiceSettings(_Strict):
     group: Annotated[str, Field(pattern=_NAME)] | None = None
     max_clients: Annotated[int, Field(ge=1, le=10_000)] = 256
     workers: Annotated[int, Field(ge=1, le=256)] = 8
-    processes: Annotated[int, Field(ge=1, le=64)] = 1
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        default_factory=default_processes
+    )
     idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     request_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     router_ttl: Annotated[float, Field(ge=0, le=3600)] = 5.0

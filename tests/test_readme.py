@@ -22,7 +22,11 @@ def test_quickstart_output_matches_the_readme(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     result = subprocess.run(
         [str(TOP / "contrib/examples/quickstart.sh")],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     actual = [STAMP.sub("<time>", line) for line in result.stdout.split("\n")]

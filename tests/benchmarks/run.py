@@ -60,6 +60,7 @@ from bench_service import serving, write_config  # noqa: E402
 
 from poolmgr import db  # noqa: E402
 from poolmgr.leases import Mapper  # noqa: E402
+from poolmgr.settings import ServiceSettings  # noqa: E402
 from poolmgr.timeutil import utcnow  # noqa: E402
 
 PATHS = ("library", "socket", "lcmaps-poolmgr", "lcmaps-gridmapdir")
@@ -80,7 +81,7 @@ class Plan:
     history: tuple[int, ...]
     history_backends: tuple[str, ...]
     sync_sizes: tuple[int, ...]
-    service_processes: int
+    service_processes: int | None
     prefill: float = 0.5
 
 
@@ -98,7 +99,10 @@ def parse_plan(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--history", help="ended leases per step, 0 to skip")
     parser.add_argument("--sync-sizes", help="pool sizes to time sync at, 0 to skip")
     parser.add_argument(
-        "--service-processes", type=int, default=1, help="poolmgr serve processes"
+        "--service-processes",
+        type=int,
+        default=None,
+        help="poolmgr serve processes (default: the service's, one per CPU)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -236,7 +240,10 @@ def measure_poolmgr(
 def _through_service(
     plan: Plan, cells: Cells, backend: str, url: str, tools: Tools, workdir: Path
 ) -> list[Row]:
-    config = write_config(workdir / "serve.yaml", url, processes=plan.service_processes)
+    service = (
+        {} if plan.service_processes is None else {"processes": plan.service_processes}
+    )
+    config = write_config(workdir / "serve.yaml", url, **service)
     rows: list[Row] = []
     with serving(config, workdir / "s.sock") as socket_path:
         if "socket" in plan.paths:
@@ -406,6 +413,8 @@ def report(
 ) -> str:
     """Return the whole printed report."""
     parts = ["machine:", *(f"  {line}" for line in machine() + versions)]
+    processes = plan.service_processes or ServiceSettings().processes
+    parts.append(f"  poolmgr serve: {processes} process(es) x 8 workers")
     load = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(LOAD[0], LOAD[1], strict=True))
     parts += [f"  load average (1/5/15 min) at start/end: {load}", ""]
     parts += ["Mapping latency (ms) and throughput (mappings/s):", ""]

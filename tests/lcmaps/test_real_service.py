@@ -5,11 +5,12 @@ chooses the pool, verify mode creates nothing, a ban is refused, and a
 stopped or hung service makes the mapping fail instead of hanging.
 """
 
+import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,13 +235,29 @@ def test_stopped_service_fails_the_mapping_within_the_timeout(
 ) -> None:
     with running_site(lcmaps_build, short_dir) as own:
         assert_mapped(own.lcmaps_map(lcmaps_build, ANN, "/atlas"))
-        own.process.send_signal(stop)
+        # SIGTERM goes to the supervisor, which stops its workers; a hung
+        # service is every process of it.
+        pids = [own.process.pid]
+        if stop == signal.SIGSTOP:
+            pids += child_pids(own.process.pid)
+        for pid in pids:
+            os.kill(pid, stop)
         try:
             if stop == signal.SIGTERM:
                 assert own.process.wait(timeout=10) == 0, "serve must exit 0"
             result = own.lcmaps_map(lcmaps_build, ANN, "/atlas")
         finally:
-            own.process.send_signal(signal.SIGCONT)
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     assert_refused(result, log_fragment)
     assert result.elapsed < PLUGIN_TIMEOUT + 1, f"took {result.elapsed:.2f} s"
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the ids of pid's child processes."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
