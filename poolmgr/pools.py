@@ -22,6 +22,7 @@ from poolmgr.settings import PoolSettings, Settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIGITS = 3
+NAMES_PER_QUERY = 1000
 
 
 @dataclass(frozen=True)
@@ -280,15 +281,22 @@ def _pool_conflicts(session: Session, pool: Pool) -> list[str]:
             f"gid {pool.gid} is group {sharing.group_name} of pool {sharing.name}, "
             f"not {pool.group_name}"
         )
-    named = session.scalars(
-        select(Account.name)
-        .join(Pool)
-        .where(
-            Pool.id != pool.id,
-            Account.name.in_(_account_name(pool, n) for n in range(1, pool.size + 1)),
-        )
-        .limit(3)
-    ).all()
+    names = [_account_name(pool, n) for n in range(1, pool.size + 1)]
+    named: list[str] = []
+    # In slices: a statement takes at most 65,535 parameters on PostgreSQL.
+    for start in range(0, len(names), NAMES_PER_QUERY):
+        named += session.scalars(
+            select(Account.name)
+            .join(Pool)
+            .where(
+                Pool.id != pool.id,
+                Account.name.in_(names[start : start + NAMES_PER_QUERY]),
+            )
+            .order_by(Account.name)
+            .limit(3 - len(named))
+        ).all()
+        if len(named) >= 3:
+            break
     if named:
         problems.append(
             f"account names {', '.join(named)} of pool {pool.name} exist in "

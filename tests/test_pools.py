@@ -147,6 +147,29 @@ def test_overlapping_uid_blocks_are_refused_and_nothing_changes(engine):
         assert session.scalars(select(Pool)).all() == []
 
 
+@pytest.mark.parametrize("per_query", [1, 2, 1000], ids=["1", "2", "1000"])
+def test_account_names_of_another_pool_are_refused_across_query_slices(
+    engine, monkeypatch, per_query
+):
+    from poolmgr import pools
+
+    # The name check runs in slices (PostgreSQL's parameter limit); a clash
+    # in any slice is found and nothing is written.
+    monkeypatch.setattr(pools, "NAMES_PER_QUERY", per_query)
+    settings = make_settings(
+        pools={
+            "atlas": {"prefix": "grid", "first_uid": 50000},
+            "cms": {"prefix": "grid", "first_uid": 60000},
+        }
+    )
+    sync(engine, settings, [pool("atlas", "atlas", 2, "/atlas")])
+    with pytest.raises(
+        ConflictError, match="account names grid001, grid002 of pool cms exist"
+    ):
+        sync(engine, settings, [pool("cms", "cms", 5, "/cms")])
+    assert sorted(accounts(engine, "cms")) == []
+
+
 def test_a_pool_larger_than_its_digits_allow_is_refused(engine):
     settings = make_settings(pools={"ops": {"digits": 1}})
     with pytest.raises(ConflictError, match="cannot hold 12 accounts with 1 digits"):

@@ -195,7 +195,9 @@ class Cells:
         sample = list(self.prefilled.dns[: self.plan.returning])
         backdate(self.engine, len(sample), utcnow() - timedelta(days=1))
         first = run(sample, callers, 1)
-        again = run(sample, callers, 2)
+        # Small pools have few persons: more passes, so that every returning
+        # measurement has as many calls (2 x --returning) and a fair rate.
+        again = run(sample, callers, max(2, -(-2 * self.plan.returning // len(sample))))
         return Row(backend, path, self.size, callers, new, first, again, notes)
 
     def _check_new(self, new: Sample) -> list[str]:
