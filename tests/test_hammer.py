@@ -36,7 +36,7 @@ from tests.factories import invariant_violations, pool, sync
 
 DN = "/DC=org/DC=example/CN="
 SERVE = [sys.executable, "-c", "from poolmgr.cli import run; run()"]
-SERVICE_OPTIONS = ({"workers": 16}, {"workers": 8, "processes": 2})
+SERVICE_OPTIONS = ({"workers": 16, "processes": 1}, {"workers": 8, "processes": 2})
 
 Reply = tuple[str, str]
 """("OK", account) or ("ERR", code)."""
@@ -54,8 +54,8 @@ def services(engine: Engine, tmp_path: Path) -> Iterator[list[Path]]:
             config.write_text(yaml.safe_dump(_config(url, options)))
             sockets.append(directory / f"s{index}.sock")
             processes.append(_start(config, sockets[-1], tmp_path / f"s{index}.log"))
-        for process, path in zip(processes, sockets, strict=True):
-            _wait_listening(process, path)
+        for index, (process, path) in enumerate(zip(processes, sockets, strict=True)):
+            _wait_listening(process, path, tmp_path / f"s{index}.log")
         yield sockets
     finally:
         for process in processes:
@@ -85,7 +85,7 @@ def _start(config: Path, path: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_listening(process: subprocess.Popen[bytes], path: Path) -> None:
+def _wait_listening(process: subprocess.Popen[bytes], path: Path, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -93,8 +93,13 @@ def _wait_listening(process: subprocess.Popen[bytes], path: Path) -> None:
                 return
         except PoolmgrError:
             pass
-        assert process.poll() is None, f"poolmgr serve on {path} exited early"
-        assert time.monotonic() < deadline, f"poolmgr serve on {path} never listened"
+        output = log.read_text(errors="replace")[-1500:]
+        assert process.poll() is None, (
+            f"poolmgr serve on {path} exited early with {process.returncode}:\n{output}"
+        )
+        assert time.monotonic() < deadline, (
+            f"poolmgr serve on {path} never listened:\n{output}"
+        )
         time.sleep(0.05)
 
 
