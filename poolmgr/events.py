@@ -21,7 +21,7 @@ from poolmgr.timeutil import utcnow
 audit_logger = logging.getLogger("poolmgr.audit")
 _PENDING = "poolmgr_pending_log"
 _COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
-_INSERT = insert(Event)
+INSERT = insert(Event)
 
 
 def record(
@@ -33,6 +33,19 @@ def record(
     the JSON details. The row is inserted at once on the session's
     connection, so it needs no ORM flush.
     """
+    row, logged = prepare(kind, at=at, **fields)
+    session.connection().execute(INSERT, row)
+    queue_log(session, logging.INFO, kind, **logged)
+
+
+def prepare(
+    kind: str, *, at: datetime | None = None, **fields: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the event row of kind with fields, and the fields of its log line.
+
+    For a caller that inserts the row itself, in a statement of its own,
+    and then queues the log line with queue_log.
+    """
     columns = {key: fields.pop(key) for key in _COLUMNS if key in fields}
     details = {k: v for k, v in fields.items() if v is not None}
     row = dict.fromkeys(_COLUMNS) | columns
@@ -41,8 +54,7 @@ def record(
         kind=kind,
         details=json.dumps(details, default=str) if details else None,
     )
-    session.connection().execute(_INSERT, row)
-    queue_log(session, logging.INFO, kind, **columns, **details)
+    return row, columns | details
 
 
 def queue_log(session: Session, level: int, kind: str, **fields: Any) -> None:

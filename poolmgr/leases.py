@@ -21,26 +21,30 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     Engine,
+    Integer,
     Row,
     Select,
     and_,
     bindparam,
     case,
     exists,
+    false,
     insert,
     join,
     literal,
+    literal_column,
     or_,
     select,
     update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import String, Text
 
 from poolmgr import events, nss
 from poolmgr.banguard import BanGuard
 from poolmgr.bans import VERSION
-from poolmgr.db import is_conflict, reading, unit_of_work
+from poolmgr.db import UTCDateTime, is_conflict, reading, unit_of_work
 from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.errors import (
     ContentionError,
@@ -51,7 +55,7 @@ from poolmgr.errors import (
 from poolmgr.fqan import Fqan, parse_fqan, parse_rule
 from poolmgr.holds import IS_HELD
 from poolmgr.identities import X509, key_hash
-from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.models import Account, Event, Identity, Lease, Pool
 from poolmgr.routing import Choice, Route, Router
 from poolmgr.settings import Settings
 from poolmgr.timeutil import Duration, format_time, utcnow
@@ -146,7 +150,7 @@ class Mapper:
         self._router_ttl = router_ttl
         self._router: tuple[float, Router] | None = None
         self.bans = BanGuard(engine, settings)
-        self._queries: dict[str, list[Select]] = {}
+        self._queries: dict[tuple[str, bool], list[Select]] = {}
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
         """Return the mapping for request, creating or refreshing its lease.
@@ -244,9 +248,9 @@ class Mapper:
                 held = held._replace(last_used_at=now)
             return self._result(held, choice, parsed, new=False)
 
-        identity_id, display = _identity_for_lease(conn, parsed.dn, now, seen)
+        person = _person_for_lease(conn, parsed.dn, now, seen)
         for index, route in enumerate(choice.routes):
-            account = self._pick_account(conn, route, now, identity_id)
+            account = self._pick_account(conn, route, now, person)
             if account is None:
                 continue
             if index:
@@ -256,9 +260,8 @@ class Mapper:
                     route.pool,
                     parsed.dn.slash(),
                 )
-            held = _start_lease(
-                session, conn, identity_id, display, account, route, choice, now
-            )
+            fqan = str(choice.fqan) if choice.fqan else None
+            held = _start_lease(session, conn, person, account, route, fqan, now)
             return self._result(held, choice, parsed, new=True)
 
         names = tuple(route.pool for route in choice.routes)
@@ -276,7 +279,7 @@ class Mapper:
         )
 
     def _pick_account(
-        self, conn: Connection, route: Route, now: datetime, identity_id: int
+        self, conn: Connection, route: Route, now: datetime, person: _Person
     ) -> Row[Any] | None:
         """Lock and return the best free account of the route's pool, or None.
 
@@ -290,7 +293,7 @@ class Mapper:
         params = {
             "pool_id": route.pool_id,
             "cutoff": self.quiet.safe_cutoff(now),
-            "requester": identity_id,
+            "requester": person.id,
         }
         account = self._first_usable(conn, params, now, lock=locking)
         # Nothing this caller could lock: if an unlocked read still finds a
@@ -307,16 +310,19 @@ class Mapper:
         self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
     ) -> Row[Any] | None:
         rejected: set[int] = set()
-        dialect = conn.dialect.name
-        queries = self._queries.get(dialect)
+        key = (conn.dialect.name, lock)
+        queries = self._queries.get(key)
         if queries is None:
-            queries = self._queries[dialect] = self._candidate_queries(dialect)
+            queries = self._queries[key] = [
+                (query.with_for_update(skip_locked=True) if lock else query).limit(
+                    _BATCH
+                )
+                for query in self._candidate_queries(conn.dialect.name)
+            ]
         for query in queries:
             while True:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
-                if lock:
-                    stmt = stmt.with_for_update(skip_locked=True)
-                batch = conn.execute(stmt.limit(_BATCH), params).all()
+                batch = conn.execute(stmt, params).all()
                 for account in batch:
                     if self._is_usable(account, now):
                         return account
@@ -520,35 +526,37 @@ _BAN_VERSION_PERSON_AND_OPEN_LEASES = (
 )
 
 
-def _identity_for_lease(
+def _person_for_lease(
     conn: Connection, dn: DistinguishedName, now: datetime, seen: _Seen | None
-) -> tuple[int, str]:
-    """Return (id, display) of the person's identity, creating it if new.
+) -> _Person:
+    """Return the person's identity row, creating it for a person never seen.
 
-    seen, if given, holds the identity as just read (None: unknown then).
-    A concurrent creation of the same person makes the insert fail on the
-    unique key hash; the whole unit of work is then retried and finds it.
+    seen, if given, holds the identity as just read. A lowercased display
+    (from a gridmapdir import) is replaced by the DN as now presented (F03).
+    Two first mappings of one person at once: the second insert waits for
+    the first transaction and then fails on the unique key hash, and the
+    retried unit of work finds the lease the first one made.
     """
     digest = key_hash(X509, dn.key)
     if seen is None:
         row = conn.execute(_IDENTITY_BY_HASH, {"key_hash": digest}).first()
+        person = _Person(*row) if row is not None else None
     else:
-        row = seen.person
+        person = seen.person
     display = dn.slash()
-    if row is None:
+    if person is None:
         values = {
-            "kind": X509,
-            "key": dn.key,
-            "key_hash": digest,
-            "display": display,
-            "display_lossy": False,
-            "created_at": now,
+            "v_kind": X509,
+            "v_key": dn.key,
+            "v_key_hash": digest,
+            "v_display": display,
+            "v_now": now,
         }
-        return _new_id(conn.execute(insert(Identity), values)), display
-    if row.display_lossy:
-        conn.execute(_RESTORE_DISPLAY, {"identity_id": row.id, "display": display})
-        return row.id, display
-    return row.id, row.display
+        return _Person(_new_id(conn.execute(_INSERT_IDENTITY, values)), display, False)
+    if person.display_lossy:
+        conn.execute(_RESTORE_DISPLAY, {"identity_id": person.id, "display": display})
+        return _Person(person.id, display, False)
+    return person
 
 
 _RESTORE_DISPLAY = (
@@ -578,38 +586,50 @@ _LEASE_ACCOUNT = (
 def _start_lease(
     session: Session,
     conn: Connection,
-    identity_id: int,
-    display: str,
+    person: _Person,
     account: Row[Any],
     route: Route,
-    choice: Choice,
+    fqan: str | None,
     now: datetime,
 ) -> _Held:
-    fqan = str(choice.fqan) if choice.fqan else None
-    values = {
-        "account_id": account.id,
-        "identity_id": identity_id,
-        "pool_id": route.pool_id,
-        "fqan": fqan,
-        "started_at": now,
-        "last_used_at": now,
-        "open_account_id": account.id,
-        "open_marker": 1,
-    }
-    lease_id = _new_id(conn.execute(insert(Lease), values))
-    conn.execute(_LEASE_ACCOUNT, {"account_id": account.id})
-    events.record(
-        session,
+    """Open a lease of account for the person and record lease_started.
+
+    On PostgreSQL the lease, the account's new state and the event are one
+    statement, saving the round trips of separate ones; elsewhere they are
+    separate statements in the same transaction.
+    """
+    row, logged = events.prepare(
         "lease_started",
         pool=route.pool,
         account=account.name,
-        identity_id=identity_id,
-        dn=display,
-        lease_id=lease_id,
+        identity_id=person.id,
+        dn=person.display,
+        lease_id=None,
         fqan=fqan,
         rule=route.rule.text,
         at=now,
     )
+    values = {
+        "v_account_id": account.id,
+        "v_identity_id": person.id,
+        "v_pool_id": route.pool_id,
+        "v_fqan": fqan,
+        "v_now": now,
+    }
+    if conn.dialect.name == "postgresql":
+        values |= {
+            "v_pool": route.pool,
+            "v_account": account.name,
+            "v_dn": person.display,
+            "v_details": row["details"],
+        }
+        lease_id = conn.execute(_START_LEASE, values).scalar_one()
+    else:
+        lease_id = _new_id(conn.execute(_INSERT_LEASE, values))
+        conn.execute(_LEASE_ACCOUNT, {"account_id": account.id})
+        conn.execute(events.INSERT, row | {"lease_id": lease_id})
+    logged["lease_id"] = lease_id
+    events.queue_log(session, logging.INFO, "lease_started", **logged)
     return _Held(
         lease_id,
         route.pool_id,
@@ -618,9 +638,78 @@ def _start_lease(
         account.uid,
         route.pool,
         route.gid,
-        identity_id,
+        person.id,
         False,
     )
+
+
+def _v(name: str, type_: Any) -> Any:
+    # Statement parameters are named v_*: a parameter named like a column
+    # would also be taken as a value for that column of an INSERT or UPDATE.
+    return bindparam(f"v_{name}", type_=type_)
+
+
+_INSERT_IDENTITY = insert(Identity).values(
+    kind=_v("kind", String),
+    key=_v("key", Text),
+    key_hash=_v("key_hash", String),
+    display=_v("display", Text),
+    display_lossy=false(),
+    created_at=_v("now", UTCDateTime()),
+)
+_LEASE_VALUES = {
+    "account_id": _v("account_id", Integer),
+    "pool_id": _v("pool_id", Integer),
+    "fqan": _v("fqan", String),
+    "started_at": _v("now", UTCDateTime()),
+    "last_used_at": _v("now", UTCDateTime()),
+    "open_account_id": _v("account_id", Integer),
+    "open_marker": literal_column("1", Integer),
+}
+_INSERT_LEASE = insert(Lease).values(
+    identity_id=_v("identity_id", Integer), **_LEASE_VALUES
+)
+_EVENT_VALUES = {
+    "at": _v("now", UTCDateTime()),
+    "kind": literal_column("'lease_started'", String),
+    "pool": _v("pool", String),
+    "account": _v("account", String),
+    "dn": _v("dn", Text),
+    "details": _v("details", Text),
+}
+
+
+def _start_lease_statement() -> Select:
+    """The one PostgreSQL statement that opens a lease and records it.
+
+    Each data-modifying CTE runs exactly once, and on any error none of
+    them takes effect.
+    """
+    values = {"identity_id": _v("identity_id", Integer), **_LEASE_VALUES}
+    new_lease = (
+        insert(Lease)
+        .from_select(list(values), select(*values.values()))
+        .returning(Lease.id)
+        .cte("new_lease")
+    )
+    leased = (
+        update(Account)
+        .where(Account.id == _v("account_id", Integer))
+        .values(state=literal_column("'leased'", String))
+        .cte("leased")
+    )
+    logged = (
+        insert(Event)
+        .from_select(
+            [*_EVENT_VALUES, "identity_id", "lease_id"],
+            select(*_EVENT_VALUES.values(), _v("identity_id", Integer), new_lease.c.id),
+        )
+        .cte("logged")
+    )
+    return select(new_lease.c.id).add_cte(leased, logged)
+
+
+_START_LEASE = _start_lease_statement()
 
 
 def _quiet_over(account: Account | Row[Any], quiet: Duration, now: datetime) -> bool:
