@@ -30,7 +30,6 @@ from sqlalchemy import (
     exists,
     false,
     insert,
-    join,
     literal,
     literal_column,
     or_,
@@ -164,18 +163,11 @@ class Mapper:
             # One round trip reads the ban list's version and the person's
             # open leases; the ban check comes before any lease is used or
             # written, in every mode.
-            rows = conn.execute(
-                _BAN_VERSION_PERSON_AND_OPEN_LEASES,
-                {"key_hash": key_hash(X509, parsed.dn.key)},
-            ).all()
-            first = rows[0]
-            self.bans.check(parsed.dn, parsed.fqans, conn, version=first[0])
+            rows = _read_person(conn, parsed.dn)
+            self.bans.check(parsed.dn, parsed.fqans, conn, version=rows[0][0])
             choice = self._choose(conn, parsed)
-            person = _Person(*first[1:4]) if first[1] is not None else None
-            held = _first_held(
-                [(*row[4:], row[1], row[3]) for row in rows if row[4] is not None],
-                choice,
-            )
+            seen = _seen_in(rows, choice)
+        held = seen.held
         if held is not None and (
             request.verify
             or (now - held.last_used_at < self.resolution and not held.display_lossy)
@@ -191,7 +183,7 @@ class Mapper:
         # and the guarded lease update catch a concurrent change, and every
         # later attempt reads afresh. SQLite writers hold the write lock, so
         # there the read inside the unit of work is exact and costs nothing.
-        trusted = [] if self.engine.dialect.name == "sqlite" else [_Seen(person, held)]
+        trusted = [] if self.engine.dialect.name == "sqlite" else [seen]
         return retry_conflicts(
             self.engine,
             lambda session: self._map_writing(
@@ -229,7 +221,9 @@ class Mapper:
     ) -> Mapping:
         """Refresh or start the person's lease; seen: trust this read, if given."""
         conn = session.connection()
-        held = _open_lease(conn, parsed.dn, choice) if seen is None else seen.held
+        if seen is None:
+            seen = _seen_in(_read_person(conn, parsed.dn), choice)
+        held = seen.held
         if held is not None:
             if held.display_lossy:
                 # The lease came from a lowercased gridmapdir name; the DN as
@@ -462,30 +456,31 @@ def retry_conflicts(engine: Engine, work: Callable[[Session], T]) -> T:
     )
 
 
-def _open_lease(
-    conn: Connection, dn: DistinguishedName, choice: Choice
-) -> _Held | None:
-    """Return the person's open lease in the first matching pool, or None.
+def _read_person(conn: Connection, dn: DistinguishedName) -> Sequence[Row[Any]]:
+    """Read the ban list's version, the person and their open leases at once.
 
-    One indexed query: the identity by key hash, its open leases, and their
-    accounts and pools.
+    One indexed query; at least one row, whose identity columns are NULL
+    for a person never seen.
     """
-    if not choice.routes:
-        return None
-    rows = conn.execute(_OPEN_LEASES, {"key_hash": key_hash(X509, dn.key)}).all()
-    return _first_held(rows, choice)
+    return conn.execute(
+        _BAN_VERSION_PERSON_AND_OPEN_LEASES, {"key_hash": key_hash(X509, dn.key)}
+    ).all()
 
 
-def _first_held(rows: Sequence[Sequence[Any]], choice: Choice) -> _Held | None:
-    """Return the open lease among rows in the first pool of choice, or None."""
+def _seen_in(rows: Sequence[Row[Any]], choice: Choice) -> _Seen:
+    """Return the person in rows and their open lease in the first pool of choice."""
+    first = rows[0]
+    person = _Person(*first[1:4]) if first[1] is not None else None
     order = {route.pool_id: i for i, route in enumerate(choice.routes)}
-    matching = [row for row in rows if row[1] in order]
+    matching = [row for row in rows if row[4] is not None and row[5] in order]
     if not matching:
-        return None
-    return _Held(*min(matching, key=lambda row: order[row[1]]))
+        return _Seen(person, None)
+    row = min(matching, key=lambda row: order[row[5]])
+    return _Seen(person, _Held(*row[4:], row[1], row[3]))
 
 
-_HELD_COLUMNS = (
+# The lease columns of _Held; its identity columns come from the person.
+_LEASE_COLUMNS = (
     Lease.id,
     Lease.pool_id,
     Lease.last_used_at,
@@ -493,18 +488,6 @@ _HELD_COLUMNS = (
     Account.uid,
     Pool.name,
     Pool.gid,
-    Identity.id,
-    Identity.display_lossy,
-)
-_PERSONS_OPEN_LEASES = (
-    join(Identity, Lease, Lease.identity_id == Identity.id)
-    .join(Account, Account.id == Lease.account_id)
-    .join(Pool, Pool.id == Lease.pool_id)
-)
-_OPEN_LEASES = (
-    select(*_HELD_COLUMNS)
-    .select_from(_PERSONS_OPEN_LEASES)
-    .where(Identity.key_hash == bindparam("key_hash"), Lease.open_marker == 1)
 )
 # One row per open lease of the person (one row of NULLs if none), each with
 # the ban list's version and the person's identity (NULLs if unknown). The
@@ -516,7 +499,7 @@ _BAN_VERSION_PERSON_AND_OPEN_LEASES = (
         Identity.id,
         Identity.display,
         Identity.display_lossy,
-        *_HELD_COLUMNS[:7],
+        *_LEASE_COLUMNS,
     )
     .select_from(_ONE_ROW)
     .outerjoin(Identity, Identity.key_hash == bindparam("key_hash"))
@@ -527,28 +510,23 @@ _BAN_VERSION_PERSON_AND_OPEN_LEASES = (
 
 
 def _person_for_lease(
-    conn: Connection, dn: DistinguishedName, now: datetime, seen: _Seen | None
+    conn: Connection, dn: DistinguishedName, now: datetime, seen: _Seen
 ) -> _Person:
-    """Return the person's identity row, creating it for a person never seen.
+    """Return the person's identity as seen, creating it for a person never seen.
 
-    seen, if given, holds the identity as just read. A lowercased display
-    (from a gridmapdir import) is replaced by the DN as now presented (F03).
-    Two first mappings of one person at once: the second insert waits for
-    the first transaction and then fails on the unique key hash, and the
-    retried unit of work finds the lease the first one made.
+    A lowercased display (from a gridmapdir import) is replaced by the DN as
+    now presented (F03). Two first mappings of one person at once: the
+    second insert waits for the first transaction and then fails on the
+    unique key hash, and the retried unit of work finds the lease the first
+    one made.
     """
-    digest = key_hash(X509, dn.key)
-    if seen is None:
-        row = conn.execute(_IDENTITY_BY_HASH, {"key_hash": digest}).first()
-        person = _Person(*row) if row is not None else None
-    else:
-        person = seen.person
+    person = seen.person
     display = dn.slash()
     if person is None:
         values = {
             "v_kind": X509,
             "v_key": dn.key,
-            "v_key_hash": digest,
+            "v_key_hash": key_hash(X509, dn.key),
             "v_display": display,
             "v_now": now,
         }
@@ -574,9 +552,6 @@ _TOUCH_OPEN_LEASE = (
             else_=Lease.last_used_at,
         )
     )
-)
-_IDENTITY_BY_HASH = select(Identity.id, Identity.display, Identity.display_lossy).where(
-    Identity.key_hash == bindparam("key_hash")
 )
 _LEASE_ACCOUNT = (
     update(Account).where(Account.id == bindparam("account_id")).values(state="leased")
