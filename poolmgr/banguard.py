@@ -190,9 +190,14 @@ class BanGuard:
             "sources": names,
         }
         self._record(f"unread:{names}", fields)
+        lists, have, it = (
+            ("Ban list", "has", "it")
+            if len(unread) == 1
+            else ("Ban lists", "have", "each")
+        )
         raise BanListUnavailableError(
-            f"Ban list {names} has never been read, so every mapping is refused "
-            f"until 'poolmgr bans sync' succeeds for it ({quote_input(dn.slash())})."
+            f"{lists} {names} {have} never been read, so every mapping is refused "
+            f"until 'poolmgr bans sync' succeeds for {it} ({quote_input(dn.slash())})."
         )
 
     def _record(self, key: str, fields: dict[str, object]) -> None:

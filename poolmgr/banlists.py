@@ -26,7 +26,9 @@ source, never hand bans nor other sources' bans.
 
 import hashlib
 import logging
+import os
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -162,14 +164,16 @@ def _dn_list_entry(text: str) -> BanEntry:
 # Reading a source.
 
 
-def read_location(location: str) -> bytes:
+def read_location(location: str, ca_path: str | None = None) -> bytes:
     """Return the bytes at a path or HTTP(S) URL, at most MAX_BYTES.
 
+    An https:// server is verified against ca_path (a CA file or a directory
+    of hashed CA certificates) when given, else the system trust store.
     Raises BanListUnavailableError when it cannot be read, BanListError
     when it is larger than MAX_BYTES.
     """
     if location.startswith(("http://", "https://")):
-        data = _read_url(location)
+        data = _read_url(location, ca_path)
     else:
         data = _read_file(location)
     if len(data) > MAX_BYTES:
@@ -187,10 +191,13 @@ def _read_file(path: str) -> bytes:
         ) from None
 
 
-def _read_url(url: str) -> bytes:
+def _read_url(url: str, ca_path: str | None) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "poolmgr"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310
+        context = _tls_context(ca_path)
+        with urllib.request.urlopen(  # noqa: S310
+            request, timeout=TIMEOUT, context=context
+        ) as response:
             return bytes(response.read(MAX_BYTES + 1))
     except urllib.error.HTTPError as exc:
         raise BanListUnavailableError(
@@ -199,6 +206,21 @@ def _read_url(url: str) -> bytes:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise BanListUnavailableError(f"cannot fetch {url!r}: {reason}.") from None
+
+
+def _tls_context(ca_path: str | None) -> ssl.SSLContext:
+    """Return a verifying context: ca_path's certificates, or the system's."""
+    if ca_path is None:
+        return ssl.create_default_context()
+    try:
+        if os.path.isdir(ca_path):
+            return ssl.create_default_context(capath=ca_path)
+        return ssl.create_default_context(cafile=ca_path)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise BanListUnavailableError(
+            f"cannot use the CA certificates {ca_path!r}: {reason}."
+        ) from None
 
 
 # Syncing.
@@ -230,7 +252,7 @@ def sync_source(
     actor: str,
     now: datetime | None = None,
     allow_empty: bool = False,
-    fetch: Fetch = read_location,
+    fetch: Fetch | None = None,
 ) -> SyncResult:
     """Read source and make its bans exactly the list read; return the changes.
 
@@ -240,7 +262,10 @@ def sync_source(
     """
     now = now or utcnow()
     try:
-        data = fetch(source.location)
+        if fetch is None:
+            data = read_location(source.location, source.ca_path)
+        else:
+            data = fetch(source.location)
         entries = parse_ban_list(data, source.format)
         _check_not_emptied(engine, source, data, allow_empty)
     except (BanListUnavailableError, BanListError) as exc:

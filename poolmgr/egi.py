@@ -3,8 +3,10 @@
 Two inputs are understood: the legacy CIC portal dump (``<VOs><VO Name=...>``
 with ``VOMSServers/VOMSServer`` and ``GroupsAndRoles/GroupAndRole``) and the
 Operations Portal's current ``IDCard`` format (``gLiteConf/FQANs/FQAN`` and
-``gLiteConf/VOMSServers/VOMS_Server``). The XML is untrusted and is parsed
-with defusedxml, which refuses entity expansion and external references.
+``gLiteConf/VOMSServers/VOMS_Server``; its ``Perun`` and ``Comanage``
+entries are membership services, not VOMS servers, and are reported as
+skipped). The XML is untrusted and is parsed with defusedxml, which refuses
+entity expansion and external references.
 
 Each card keeps the VO name, its VOMS servers and its published FQANs (in
 canonical form, so ``/cms/Role=NULL`` becomes ``/cms``), and proposes pools:
@@ -79,6 +81,7 @@ class _Source:
     members: int | None
     servers: list[tuple[str, str, str]] = field(default_factory=list)
     fqans: list[tuple[str, str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -255,7 +258,14 @@ def _legacy_source(vo: ET.Element) -> _Source:
 def _idcard_source(card: ET.Element) -> _Source:
     name = card.get("Name") or _text(card, "Name") or _text(card, "name")
     source = _Source(name.strip(), _text(card, "Description"), None)
-    for server in card.iterfind("gLiteConf/VOMSServers/VOMS_Server"):
+    for server in card.iterfind("gLiteConf/VOMSServers/*"):
+        if server.tag != "VOMS_Server":
+            # Perun and Comanage (EGI Check-in) list members but issue no
+            # VOMS attributes, so nothing maps through them.
+            source.skipped.append(
+                f"membership service {_short(server.tag)}: it is not a VOMS server"
+            )
+            continue
         port = (server.get("VomsesPort") or "").strip()
         source.servers.append(
             (_text(server, "hostname"), port, _text(server, "X509Cert/DN"))
@@ -303,6 +313,7 @@ def _card_data(
     if source.description:
         data["description"] = source.description
     data["voms_servers"] = _servers(source, skipped)
+    skipped += source.skipped
     data["fqans"] = fqans
     pools = _propose_pools(source.name, fqans, taken)
     if sizes == "members" and source.members is None:

@@ -150,12 +150,17 @@ class BanSourceSettings(_Strict):
     closed with BAN_LIST_UNAVAILABLE; once read, its last good list stays in
     force when later reads fail, and ``poolmgr check`` warns when the last
     good read is older than ``stale_after`` (a duration such as '1 day').
+    ``ca_path`` verifies an https:// source against a CA certificate file or
+    a directory of hashed CA certificates (grid hosts carry IGTF
+    certificates, which the system trust store lacks, under
+    /etc/grid-security/certificates); without it the system store is used.
     """
 
     name: Annotated[str, Field(pattern=_NAME)]
     location: str
     format: Annotated[str, Field(pattern=r"^(ban-mapfile|dn-list)$")] = "ban-mapfile"
     stale_after: str = "1 day"
+    ca_path: str | None = None
 
     @field_validator("location")
     @classmethod
@@ -168,6 +173,13 @@ class BanSourceSettings(_Strict):
     @classmethod
     def _check_stale_after(cls, value: str) -> str:
         return _positive_duration(value, "stale_after")
+
+    @field_validator("ca_path")
+    @classmethod
+    def _check_ca_path(cls, value: str | None) -> str | None:
+        if value is None or (value.startswith("/") and value.isprintable()):
+            return value
+        raise ValueError("give the absolute path of a CA file or directory")
 
     @property
     def stale(self) -> Duration:

@@ -8,6 +8,12 @@ reaches the accounts in service. The recommended size covers the floor plus
 one quiet period of growth, with headroom. A pool is at risk when it runs
 out within the quiet period or has under 10 % of its accounts free.
 
+Frozen accounts serve nobody new, whatever their idle time: those out of
+service (waiting for cleanup), those under an incident hold and those whose
+holder is banned. They are counted apart from the leased and free ones; a
+held or ban-frozen account that nobody of the floor used within the quiet
+period adds to the demand, since it stays taken however long it is idle.
+
 VO cards add what the database does not keep: each pool's type and whether
 the VO's pilots switch identity with gLExec, in which case every payload
 owner needs an account of their own in the VO's user pools; that demand is
@@ -23,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from poolmgr.holds import recycle_blocks
 from poolmgr.models import Account, Lease, Pool
 from poolmgr.settings import Settings
 from poolmgr.timeutil import Duration
@@ -57,6 +64,8 @@ class PoolSizing:
     leased: int
     free: int
     frozen: int
+    locked: int
+    locked_idle: int
     floor: int
     new_persons: int
     growth: float
@@ -71,8 +80,13 @@ class PoolSizing:
 
     @property
     def capacity(self) -> int:
-        """Return the accounts in service (leased or free)."""
-        return self.leased + self.free
+        """Return the accounts in service: leased, free, held or ban-frozen."""
+        return self.leased + self.free + self.locked
+
+    @property
+    def demand(self) -> int:
+        """Return the accounts nobody new can get: the floor and idle locks."""
+        return self.floor + self.locked_idle
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,19 @@ class _Measures:
     quiet_days: float
     window_days: float
     headroom: int
+
+
+@dataclass
+class _Locks:
+    """A pool's held or ban-frozen accounts in service, and the idle ones."""
+
+    leased: int = 0
+    free: int = 0
+    idle: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.leased + self.free
 
 
 def sizing_report(
@@ -154,6 +181,7 @@ def _pool_rows(
 ) -> list[PoolSizing]:
     now = measures.now
     states = _state_counts(session)
+    locks = _locked_counts(session, quiet.before(now))
     floors = _persons_seen(session, quiet.before(now))
     newcomers = _new_persons(session, options.window.before(now))
     history = _history(session, quiet, now, options.history_points)
@@ -168,6 +196,7 @@ def _pool_rows(
                 glexec=glexec,
                 declared=decl.accounts if decl else pool.declared_size,
                 states=states.get(pool.id, {}),
+                locks=locks.get(pool.id, _Locks()),
                 floor=floors.get(pool.id, 0),
                 new_persons=newcomers.get(pool.id, 0),
                 history=tuple((t, counts.get(pool.id, 0)) for t, counts in history),
@@ -192,20 +221,27 @@ def _pool_sizing(
     glexec: bool,
     declared: int,
     states: dict[str, int],
+    locks: _Locks,
     floor: int,
     new_persons: int,
     history: tuple[tuple[datetime, int], ...],
     measures: _Measures,
 ) -> PoolSizing:
-    leased, free = states.get("leased", 0), states.get("free", 0)
-    frozen = sum(n for s, n in states.items() if s not in (*IN_SERVICE, "retired"))
+    leased = states.get("leased", 0) - locks.leased
+    free = states.get("free", 0) - locks.free
+    out_of_service = sum(
+        n for s, n in states.items() if s not in (*IN_SERVICE, "retired")
+    )
+    capacity = leased + free + locks.total
+
     growth = new_persons * 30 / measures.window_days
-    forecast = forecast_exhaustion(floor, leased + free, growth, measures.now)
-    need = floor + growth * measures.quiet_days / 30
+    demand = floor + locks.idle
+    forecast = forecast_exhaustion(demand, capacity, growth, measures.now)
+    need = demand + growth * measures.quiet_days / 30
     risks = []
     if forecast is not None and forecast <= measures.quiet_end:
         risks.append("runs out within the quiet period")
-    if free * 10 < leased + free:
+    if free * 10 < capacity:
         risks.append("under 10% free")
     return PoolSizing(
         name=pool.name,
@@ -213,10 +249,12 @@ def _pool_sizing(
         kind=kind,
         glexec=glexec,
         declared=declared,
-        provisioned=leased + free + frozen,
+        provisioned=capacity + out_of_service,
         leased=leased,
         free=free,
-        frozen=frozen,
+        frozen=out_of_service + locks.total,
+        locked=locks.total,
+        locked_idle=locks.idle,
         floor=floor,
         new_persons=new_persons,
         growth=round(growth, 2),
@@ -257,6 +295,35 @@ def _state_counts(session: Session) -> dict[int, dict[str, int]]:
         )
     ):
         counts[pool_id][state] = number
+    return counts
+
+
+def _locked_counts(session: Session, quiet_start: datetime) -> dict[int, _Locks]:
+    """Return pool id -> its held or ban-frozen accounts, by state.
+
+    idle counts those not used since quiet_start: no person of the floor
+    stands for them, yet they cannot go to anybody.
+    """
+    blocked = list(recycle_blocks(session))
+    counts: dict[int, _Locks] = defaultdict(_Locks)
+    if not blocked:
+        return counts
+    # A leased account's last use is its open lease's; a free one keeps the
+    # last use of its last lease.
+    last_use = func.coalesce(Lease.last_used_at, Account.last_used_at)
+    rows = session.execute(
+        select(Account.pool_id, Account.state, last_use)
+        .outerjoin(Lease, Lease.open_account_id == Account.id)
+        .where(Account.id.in_(blocked), Account.state.in_(IN_SERVICE))
+    )
+    for pool_id, state, last_used in rows:
+        locks = counts[pool_id]
+        if state == "leased":
+            locks.leased += 1
+        else:
+            locks.free += 1
+        if last_used is None or last_used < quiet_start:
+            locks.idle += 1
     return counts
 
 

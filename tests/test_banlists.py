@@ -1,6 +1,9 @@
 """Central ban lists: the two formats, and reading files and HTTP URLs."""
 
 import http.server
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +175,108 @@ def test_sync_over_http_applies_the_list(served, tmp_path, sqlite_engine):
 def test_a_source_location_is_an_absolute_path_or_http_url(location):
     with pytest.raises(ValueError, match="absolute path"):
         BanSourceSettings(name="egi", location=location)
+
+
+# HTTPS, verified against the site's CA certificates.
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """Return (certificate, key) of a self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "server.pem", directory / "server.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def served_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
+    """Serve tmp_path/www over HTTPS on 127.0.0.1; yield (base URL, CA file)."""
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = _self_signed(tmp_path)
+    www = tmp_path / "www"
+    www.mkdir()
+
+    def handler(*args: object) -> _Quiet:
+        return _Quiet(*args, directory=str(www))  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_an_https_list_is_verified_against_the_configured_ca(served_tls, tmp_path):
+    url, ca = served_tls
+    (tmp_path / "www" / "ban.txt").write_bytes(b'"/DC=org/CN=Sam"\n')
+    assert read_location(f"{url}/ban.txt", str(ca)) == b'"/DC=org/CN=Sam"\n'
+
+    hashed = tmp_path / "certificates"
+    hashed.mkdir()
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(ca)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    shutil.copy(ca, hashed / f"{subject_hash}.0")
+    assert read_location(f"{url}/ban.txt", str(hashed)) == b'"/DC=org/CN=Sam"\n'
+
+
+def test_an_https_server_the_ca_does_not_vouch_for_is_unavailable(served_tls):
+    url, _ = served_tls
+    with pytest.raises(BanListUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+        read_location(f"{url}/ban.txt")
+
+
+def test_a_missing_ca_path_is_unavailable_and_names_it(served_tls, tmp_path):
+    url, _ = served_tls
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(
+        BanListUnavailableError, match=f"cannot use the CA certificates '{missing}'"
+    ):
+        read_location(f"{url}/ban.txt", str(missing))
+
+
+def test_sync_uses_the_sources_ca_path(served_tls, tmp_path, sqlite_engine):
+    url, ca = served_tls
+    (tmp_path / "www" / "ban.txt").write_bytes(b'"/DC=org/CN=Sam"\n')
+    source = BanSourceSettings(name="egi", location=f"{url}/ban.txt", ca_path=str(ca))
+    result = sync_source(sqlite_engine, source, actor="cron", now=NOW)
+    assert result.added == ["/DC=org/CN=Sam"]
+
+
+def test_a_ca_path_is_absolute():
+    with pytest.raises(ValueError, match="absolute path of a CA file"):
+        BanSourceSettings(name="egi", location="https://x.example/", ca_path="ca.pem")

@@ -4,7 +4,9 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -39,9 +41,10 @@ from poolmgr.errors import (
 )
 from poolmgr.fqan import parse_fqan
 from poolmgr.health import CheckContext, CheckOptions, Status, check_bans
-from poolmgr.holds import hold_account
+from poolmgr.holds import hold_account, release_account
 from poolmgr.identities import X509, key_hash
 from poolmgr.leases import Mapper, MapRequest
+from poolmgr.logs import setup_logging
 from poolmgr.models import Account, Ban, BanState, BanSync, Event, Identity, Lease
 from poolmgr.recycle import Recycler
 from tests.conftest import make_settings
@@ -323,6 +326,18 @@ def test_f12_a_source_never_read_fails_every_mapping_closed(sqlite_engine):
         map_dn(sqlite_engine, settings, JANE, "/atlas")
     assert all_leases(sqlite_engine) == []
     assert refusals(sqlite_engine)[-1]["sources"] == "central"
+
+
+def test_two_sources_never_read_are_both_named(sqlite_engine):
+    other = {"name": "egi", "location": "/srv/egi-ban-mapfile"}
+    settings = make_settings(ban_sources=[SOURCE, other])
+    sync(sqlite_engine, settings, atlas_pools())
+    with pytest.raises(
+        BanListUnavailableError,
+        match="^Ban lists central, egi have never been read, so every mapping is "
+        "refused until 'poolmgr bans sync' succeeds for each ",
+    ):
+        map_dn(sqlite_engine, settings, JANE, "/atlas")
 
 
 def test_f12_a_source_unreadable_after_a_good_read_keeps_its_list(sqlite_engine):
@@ -615,3 +630,59 @@ def test_a_running_service_refuses_a_person_banned_after_it_started(sqlite_engin
         shutil.rmtree(directory, ignore_errors=True)
     assert first[0].startswith(b"OK\tatlas001\t")
     assert second[0].startswith(b"ERR\tBANNED\t")
+
+
+def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path):
+    address = tmp_path / "log"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(address))
+    receiver.settimeout(2)
+    settings = make_settings(
+        ban_sources=[SOURCE], syslog={"enabled": True, "address": str(address)}
+    )
+    sync(sqlite_engine, settings, atlas_pools())
+    setup_logging(0, settings.syslog)
+    try:
+        sync_list(sqlite_engine, settings, mapfile(B2))
+        with pytest.raises(BanListError):
+            sync_list(sqlite_engine, settings, b'"/DC=org/CN=Broken\n')
+        ban(sqlite_engine, JANE)
+        with pytest.raises(BannedError):
+            map_dn(sqlite_engine, settings, JANE + "/CN=proxy", "/atlas")
+        unban(sqlite_engine, JANE)
+        with unit_of_work(sqlite_engine) as session:
+            hold_account(session, "atlas001", reason="disk", actor="sec", now=NOW)
+            release_account(session, "atlas001", reason="done", actor="sec", now=NOW)
+        received = b"".join(_drain(receiver))
+    finally:
+        setup_logging(0, None)
+        receiver.close()
+
+    pid = os.getpid()
+    jane = f'"{JANE}"'
+    for line in (
+        "<86>poolmgr[{pid}]: event=ban_list_synced actor=cron source=central",
+        "<84>poolmgr[{pid}]: ban list central rejected: line 1: the quote is not",
+        "<86>poolmgr[{pid}]: event=ban_list_rejected actor=cron",
+        '<86>poolmgr[{pid}]: event=ban_added actor=sec dn={jane} reason="incident 7"'
+        " entry={jane} ban_kind=dn origin=hand",
+        "<84>poolmgr[{pid}]: event=mapping_refused dn={jane} reason=banned "
+        "entry={jane} ban_kind=dn origin=hand",
+        "<86>poolmgr[{pid}]: event=ban_lifted actor=sec dn={jane} reason=cleared",
+        "<86>poolmgr[{pid}]: event=hold_started actor=sec pool=atlas "
+        "account=atlas001 reason=disk",
+        "<86>poolmgr[{pid}]: event=hold_released actor=sec pool=atlas "
+        "account=atlas001 reason=done",
+    ):
+        expected = line.format(pid=pid, jane=jane).encode()
+        assert expected in received, f"syslog lacks {expected!r}"
+
+
+def _drain(receiver: socket.socket) -> list[bytes]:
+    received = []
+    try:
+        while True:
+            received.append(receiver.recv(65536))
+            receiver.settimeout(0.2)
+    except TimeoutError:
+        return received

@@ -130,6 +130,7 @@ class TestIdCardFormat:
                 "VOMS server voms2.example.org:none: the port is not a number from "
                 "1 to 65535",
                 "VOMS server VOMS1.example.org:15000: it is listed twice",
+                "membership service 'Perun': it is not a VOMS server",
             ]
         }
 
@@ -145,7 +146,7 @@ class TestIdCardFormat:
             "vo.example.org: skipped group type 'Curator' of /vo.example.org/archive:"
             " it is not known."
         )
-        assert len(lines) == 10
+        assert len(lines) == 11
 
 
 class TestLegacyFormat:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from poolmgr.bans import add_ban, dn_entry
 from poolmgr.db import unit_of_work
 from poolmgr.dn import parse_dn
 from poolmgr.errors import NotFoundError, PolicyError
@@ -22,7 +23,9 @@ from poolmgr.gridmapdir import (
     oneline,
 )
 from poolmgr.gridmapdir import scan as scan_module
+from poolmgr.gridmapdir.importer import Finding
 from poolmgr.gridmapdir.scan import datetime_to_ns, mtime_to_datetime
+from poolmgr.holds import hold_account
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from tests.conftest import make_settings
@@ -590,6 +593,49 @@ def test_export_refuses_a_non_empty_directory_without_update(sqlite_engine, tmp_
     assert len(list(target.iterdir())) == 8
     with pytest.raises(PolicyError, match="not empty"):
         export(sqlite_engine, target)
+
+
+def hold_and_ban(engine, account: str, dn: str) -> None:
+    with unit_of_work(engine) as session:
+        hold_account(session, account, reason="incident", actor="sec", now=MAY_1)
+        add_ban(session, dn_entry(dn), reason="incident", actor="sec", now=MAY_1)
+
+
+def test_export_leaves_held_free_accounts_out_and_reports_banned_holders(
+    sqlite_engine, tmp_path
+):
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    hold_and_ban(sqlite_engine, "atlas003", "/DC=org/DC=example/CN=Jane Roe")
+    target = tmp_path / "out"
+
+    result = export(sqlite_engine, target, pools=["atlas"])
+
+    names = {path.name for path in target.iterdir()}
+    assert "atlas003" not in names, "LCMAPS would hand a held free account out"
+    assert {"atlas001", "atlas002", "atlas004", "atlas005"} <= names
+    assert os.stat(target / "atlas001").st_nlink == 2, "frozen: nobody else gets it"
+    assert [(f.kind, f.name) for f in result.findings] == [
+        ("held", "atlas003"),
+        ("frozen", "atlas001"),
+    ]
+    assert "ban_dn plugin" in result.findings[1].detail
+
+
+def test_update_removes_the_file_of_an_account_held_since(sqlite_engine, tmp_path):
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    target = tmp_path / "out"
+    export(sqlite_engine, target, pools=["atlas"])
+    hold_and_ban(sqlite_engine, "atlas003", "/DC=org/DC=example/CN=Nobody Here")
+
+    result = export(sqlite_engine, target, pools=["atlas"], update=True)
+
+    assert not (target / "atlas003").exists()
+    assert result.accounts_removed == 1
+    assert export(sqlite_engine, target, pools=["atlas"], update=True).findings == [
+        Finding("held", "atlas003", result.findings[0].detail)
+    ]
 
 
 def test_export_of_an_unknown_pool_is_not_found(sqlite_engine, tmp_path):

@@ -12,9 +12,11 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import update
 
+from poolmgr.bans import add_ban, dn_entry
 from poolmgr.cli.sizing import render_csv, render_json, render_text
 from poolmgr.cli.sizing_html import render_html
 from poolmgr.db import unit_of_work
+from poolmgr.holds import hold_account
 from poolmgr.models import Account
 from poolmgr.sizing import forecast_exhaustion, recommend, sizing_report
 from poolmgr.timeutil import utcnow
@@ -156,6 +158,44 @@ def test_pool_figures_follow_the_leases(busy_any, site):
     assert atlas.forecast.date().isoformat() == "2027-05-29"
     assert atlas.recommended == 10
     assert (atlas.kind, atlas.glexec, atlas.at_risk) == ("users", True, False)
+
+
+def lock_some(engine):
+    """Hold a never-used free account and person 3's account; ban person 2."""
+    with unit_of_work(engine) as session:
+        for account in ("atlas009", "atlas003"):
+            hold_account(session, account, reason="incident", actor="sec", now=NOW)
+        add_ban(session, dn_entry(person(2)), reason="incident", actor="sec", now=NOW)
+
+
+def test_held_and_banned_accounts_are_frozen_and_idle_ones_add_demand(busy_any, site):
+    lock_some(busy_any)
+    atlas = {row.name: row for row in report_at(busy_any, site).pools}["atlas"]
+
+    # Leased 4 - 2 locked, free 5 - 1 held, frozen 1 cleaning + 3 locked.
+    assert (atlas.provisioned, atlas.leased, atlas.free, atlas.frozen) == (
+        10,
+        2,
+        4,
+        4,
+    )
+    # Person 2's banned lease and the held atlas009 are idle since before the
+    # quiet period: no person of the floor stands for them, yet they stay
+    # taken. Person 3's held account is counted once, through the floor.
+    assert (atlas.floor, atlas.locked, atlas.locked_idle, atlas.demand) == (
+        3,
+        3,
+        2,
+        5,
+    )
+    assert atlas.capacity == 9
+    # 4 accounts left at 2 persons per 90 days: 180 days, inside the quiet
+    # period (without the locks it was 270 days, 2027-05-29).
+    assert atlas.forecast is not None
+    assert atlas.forecast.date().isoformat() == "2027-02-28"
+    assert atlas.risks == ("runs out within the quiet period",)
+    assert atlas.recommended == 15
+    assert "3 persons + 2 idle frozen" in render_html(report_at(busy_any, site))
 
 
 def test_pools_at_risk_come_first_with_their_reasons(busy, site):

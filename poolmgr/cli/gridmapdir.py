@@ -169,9 +169,11 @@ def export_command(
 
 
 def _print_export(result: ExportResult) -> None:
+    removed = result.accounts_removed
     typer.echo(
         f"{result.directory}: {result.accounts_created} account file(s) created, "
-        f"{result.links_created} lease link(s) created, {result.links_replaced} "
+        + (f"{removed} held account file(s) removed, " if removed else "")
+        + f"{result.links_created} lease link(s) created, {result.links_replaced} "
         f"replaced, {result.links_removed} removed, {result.times_set} time(s) "
         f"set; {len(result.findings)} problem(s)."
     )

@@ -25,11 +25,14 @@ from poolmgr.vocards import VoCard, load_cards
 EPILOG = """FLOOR is the distinct persons seen in the last quiet period: their
 accounts cannot be recycled, so the pool needs at least that many. NEW/30D
 counts persons whose first lease in the pool started within --window,
-per 30 days. RUNS OUT is when FLOOR, growing linearly, reaches the accounts
-in service ('now' if it has; '-' if it does not grow). RECOMMEND is FLOOR
-plus one quiet period of growth and --headroom, rounded up to a multiple
-of 5 (at least 5). FROZEN counts accounts out of service (any state but
-free, leased and retired). Pools at risk (running out within the quiet
+per 30 days. FROZEN counts the accounts nobody new can get whatever their
+idle time: held, frozen by a ban on their holder, or out of service (any
+state but free, leased and retired); LEASED and FREE leave them out. RUNS
+OUT is when FLOOR, plus the held or ban-frozen accounts nobody of FLOOR
+used within the quiet period, growing linearly, reaches the accounts in
+service ('now' if it has; '-' if it does not grow). RECOMMEND is that
+demand plus one quiet period of growth and --headroom, rounded up to a
+multiple of 5 (at least 5). Pools at risk (running out within the quiet
 period, or under 10% free) come first. For VOs whose card sets glexec, the
 demand of payload owners (user pools) is shown apart from the pilot
 accounts."""
@@ -197,6 +200,8 @@ def render_json(report: SizingReport) -> str:
                 "forecast": format_time(row.forecast) if row.forecast else None,
                 "risks": list(row.risks),
                 "at_risk": row.at_risk,
+                "capacity": row.capacity,
+                "demand": row.demand,
                 "history": [
                     {"at": format_time(at), "persons": n} for at, n in row.history
                 ],

@@ -174,11 +174,21 @@ def occupancy_svg(row: PoolSizing) -> str:
     )
 
 
+def _demand_label(row: PoolSizing) -> str:
+    if not row.locked_idle:
+        return f"{row.floor} persons"
+    return f"{row.floor} persons + {row.locked_idle} idle frozen"
+
+
 def forecast_svg(row: PoolSizing, now: datetime) -> str:
-    """Return a line chart: persons seen over the last period and the forecast."""
+    """Return a line chart: persons seen over the last period and the forecast.
+
+    The forecast starts from the demand: the floor plus the held or
+    ban-frozen accounts that no person of the floor stands for.
+    """
     start = row.history[0][0] if row.history else now - timedelta(days=180)
     end = now + (now - start)
-    projected = row.floor + row.growth * (end - now).total_seconds() / 86_400 / 30
+    projected = row.demand + row.growth * (end - now).total_seconds() / 86_400 / 30
     top = max(row.capacity, projected, *(n for _, n in row.history), 1) * 1.1
 
     def x(at: datetime) -> float:
@@ -198,11 +208,11 @@ def forecast_svg(row: PoolSizing, now: datetime) -> str:
         "in service</text>",
         f'<polyline points="{history}" fill="none" stroke="{LEASED}" '
         'stroke-width="2"><title>persons seen in the quiet period</title></polyline>',
-        f'<line x1="{x(now):.1f}" y1="{y(row.floor):.1f}" x2="{x(end):.1f}" '
+        f'<line x1="{x(now):.1f}" y1="{y(row.demand):.1f}" x2="{x(end):.1f}" '
         f'y2="{y(projected):.1f}" stroke="{LEASED}" stroke-dasharray="4 4">'
         f"<title>forecast at {row.growth:g} new persons per 30 days</title></line>",
-        f'<text x="{x(now) - 4:.1f}" y="{y(row.floor) - 6:.1f}" text-anchor="end">'
-        f"{row.floor} persons</text>",
+        f'<text x="{x(now) - 4:.1f}" y="{y(row.demand) - 6:.1f}" text-anchor="end">'
+        f"{_demand_label(row)}</text>",
         f'<line x1="{x(now):.1f}" y1="{MARGIN / 2}" x2="{x(now):.1f}" '
         f'y2="{y(0):.1f}" stroke="#888" stroke-dasharray="2 2"/>',
     ]

@@ -20,6 +20,13 @@ filled in place. A directory with files needs ``update``: missing account
 files are created, lease links of the exported accounts that poolmgr does
 not hold (ended leases) and solitary lease links are removed, wrong links
 are replaced atomically, and times are set. Nothing else is touched.
+
+Held and frozen accounts (issue 6): a free account under an incident hold
+is left out, and in an update its solitary file removed, because LCMAPS
+hands out any account whose file has one link. A ban cannot be carried by a
+gridmapdir: the lease of a banned holder is written, so that LCMAPS gives
+the account to nobody else, and reported, because LCMAPS maps that person
+unless its ban_dn plugin lists them.
 """
 
 import logging
@@ -30,14 +37,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from poolmgr.bans import frozen_leases
 from poolmgr.dn import parse_dn
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolmgrError
 from poolmgr.gridmapdir.importer import Finding
 from poolmgr.gridmapdir.names import NAME_MAX, NON_ASCII_MODES, lease_name
 from poolmgr.gridmapdir.scan import Inode, datetime_to_ns, scan_gridmapdir
+from poolmgr.holds import IS_HELD
 from poolmgr.models import Account, Identity, Lease, Pool
 
 logger = logging.getLogger(__name__)
@@ -63,6 +72,7 @@ class ExportPlan:
     accounts: dict[str, datetime | None] = field(default_factory=dict)
     links: dict[str, ExportLink] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +81,7 @@ class ExportResult:
 
     directory: Path
     accounts_created: int = 0
+    accounts_removed: int = 0
     links_created: int = 0
     links_replaced: int = 0
     links_removed: int = 0
@@ -95,13 +106,19 @@ def plan_export(
         raise BadInputError(f"Unknown non-ASCII mode {non_ascii!r}; use lcmaps, argus.")
     pool_ids = _pool_ids(session, pools)
     plan = ExportPlan()
-    for name, last_use in session.execute(
-        select(Account.name, Account.last_used_at)
+    held_free = Account.state == "free", IS_HELD
+    for name, last_use, withheld in session.execute(
+        select(Account.name, Account.last_used_at, and_(*held_free))
         .where(Account.pool_id.in_(pool_ids), Account.state != "retired")
         .order_by(Account.name)
     ):
-        plan.accounts[name] = last_use
+        if withheld:
+            plan.withheld.append(name)
+            plan.findings.append(Finding("held", name, _WITHHELD))
+        else:
+            plan.accounts[name] = last_use
 
+    frozen = frozen_leases(session)
     rows = session.execute(
         select(Lease, Identity.display, Account.name, Pool.group_name)
         .join(Identity, Identity.id == Lease.identity_id)
@@ -113,7 +130,20 @@ def plan_export(
     for lease, display, account, group in rows:
         groups = _suffixes(suffix, lease.fqan, group)
         _add_link(plan, lease, display, account, groups, non_ascii)
+        if lease.id in frozen:
+            detail = f"{_FROZEN} ({frozen[lease.id].describe()}): {display!r}"
+            plan.findings.append(Finding("frozen", account, detail))
     return plan
+
+
+_WITHHELD = (
+    "free but under an incident hold: its file is left out, so that LCMAPS "
+    "cannot hand it out"
+)
+_FROZEN = (
+    "lease written so that the account goes to nobody else, but its holder is "
+    "banned: LCMAPS maps them unless its ban_dn plugin lists them"
+)
 
 
 def _pool_ids(session: Session, names: list[str] | None) -> list[int]:
@@ -268,6 +298,7 @@ def _set_times(
 
 
 def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
+    _remove_withheld(directory, plan, result)
     accounts = _ensure_accounts(directory, plan, result)
     scan = scan_gridmapdir(directory)
     present = {
@@ -290,6 +321,23 @@ def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
         for name in inode.names
     }
     _set_times(directory, plan, result, mtimes)
+
+
+def _remove_withheld(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
+    """Remove the solitary files of held free accounts; report any other."""
+    for account in plan.withheld:
+        path = directory / account
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path.is_file() and not path.is_symlink() and info.st_nlink == 1:
+            path.unlink()
+            result.accounts_removed += 1
+        else:
+            result.findings.append(
+                Finding("held", account, "is held but its file is linked; not removed")
+            )
 
 
 def _ensure_accounts(

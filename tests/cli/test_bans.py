@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,17 @@ def test_every_ban_command_has_help(cli):
     ):
         shown = cli(*args, "--help")
         assert shown.code == 0 and "Usage:" in shown.out, args
+
+
+def test_ban_sync_units_say_what_when_and_who():
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    service = (contrib / "systemd/poolmgr-bans-sync.service").read_text()
+    timer = (contrib / "systemd/poolmgr-bans-sync.timer").read_text()
+    cron = (contrib / "cron/poolmgr-bans-sync").read_text()
+    assert "ExecStart=/usr/bin/poolmgr bans sync" in service
+    assert "User=root" in service
+    assert "OnUnitActiveSec=10min" in timer and "OnBootSec=30s" in timer
+    assert "*/10 * * * * root /usr/bin/poolmgr bans sync" in cron
+    for text in (service, timer, cron):
+        comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
+        assert "every 10 minutes" in comments and "root" in comments, comments
