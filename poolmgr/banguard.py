@@ -70,14 +70,24 @@ class BanList:
         Exact entries cost one dict lookup; wildcard entries are tried one
         by one, so sites should keep them few.
         """
-        hit = self.dns.get(key_hash(X509, dn.key))
-        if hit is None and self.dn_patterns:
-            subject = fold(dn.key)
-            hit = next((h for p, h in self.dn_patterns if glob_match(p, subject)), None)
+        hit = self._match_dn(dn)
+        # A trailing numeric CN may be a proxy's that the caller left on (the
+        # service takes DNs as end-entity subjects): it must not hide a ban.
+        for base in dn.proxy_bases() if hit is None else ():
+            hit = self._match_dn(base)
+            if hit is not None:
+                break
         for fqan in fqans if hit is None else ():
             hit = self._match_fqan(str(fqan))
             if hit is not None:
                 break
+        return hit
+
+    def _match_dn(self, dn: DistinguishedName) -> BanHit | None:
+        hit = self.dns.get(key_hash(X509, dn.key))
+        if hit is None and self.dn_patterns:
+            subject = fold(dn.key)
+            hit = next((h for p, h in self.dn_patterns if glob_match(p, subject)), None)
         return hit
 
     def _match_fqan(self, text: str) -> BanHit | None:

@@ -10,8 +10,10 @@ Forms read (F01, F02):
 - Anything else is comma form. When every "=" between a type and its value
   has spaces around it, it is the OpenSSL >= 1.1 print form, in slash order;
   when none has, it is RFC 2253/4514, least significant RDN first; a mix is
-  rejected. Either way, a least significant RDN holding DC or C while the most
-  significant holds neither is rejected as order-implausible (F02 d). Values
+  rejected. Either way, a DN in an order no tool prints is rejected as
+  order-implausible (F02 d): a least significant RDN holding DC or C while
+  the most significant holds neither, or a CN, UID or emailAddress as the
+  most significant RDN followed only by organisational ones. Values
   may be quoted, hex-escaped or `#`-BER-encoded. A leading `subject=` (pasted
   `openssl x509 -subject` output) is dropped.
 
@@ -126,6 +128,20 @@ class DistinguishedName:
             object.__setattr__(self, "_key", key)
         return key
 
+    def proxy_bases(self) -> tuple["DistinguishedName", ...]:
+        """Return this DN cut back by each trailing proxy-like RDN in turn.
+
+        A DN taken as an end-entity subject may still end in a proxy's
+        numeric CN; a check that must fail closed (a ban) tests these too.
+        """
+        end = len(self.rdns)
+        while end > 1 and _proxy_kind(self.rdns[end - 1]) is not None:
+            end -= 1
+        return tuple(
+            DistinguishedName(self.rdns[:i])
+            for i in range(len(self.rdns) - 1, end - 1, -1)
+        )
+
     def __str__(self) -> str:
         return self.slash()
 
@@ -140,6 +156,16 @@ def parse_dn(
     as written. Raises BadInputError quoting the input for anything unreadable.
     """
     return _parse_cached(text, issuer, strip_proxy)
+
+
+def parse_subject(text: str) -> DistinguishedName:
+    """Parse a DN as an end-entity subject, as the mapping service does.
+
+    A trailing numeric CN is kept as part of the name (the DN is its own
+    issuer); ``CN=proxy`` and ``CN=limited proxy`` are still stripped. For
+    looking up a person who may have been mapped so.
+    """
+    return _parse_cached(text, text, True)
 
 
 def quote_input(text: str) -> str:
@@ -283,18 +309,38 @@ def _describe_gap(chunks: list[tuple[str, str]], index: int) -> str:
 
 
 def _check_order(rdns: list[list[list[str]]], text: str) -> None:
-    """Reject comma DNs whose least significant RDN is a DC or C (F02 d)."""
+    """Reject comma DNs written in an order no tool prints (F02 d).
+
+    Implausible, in slash order: a DC or C as the least significant RDN
+    while the most significant holds neither, or a person's RDN (CN, UID,
+    emailAddress) as the most significant with only organisational ones
+    (DC, C, O, OU, L, ST) after it. Either is a DN typed in the other
+    convention's order, and read as written it would be another person.
+    """
     if len(rdns) < 2:
         return
     first = {attr for attr, _ in rdns[0]}
     last = {attr for attr, _ in rdns[-1]}
-    if last & {"DC", "C"} and not first & {"DC", "C"}:
-        raise _bad(
-            text,
-            "is order-implausible: as written its least significant RDN would be "
-            "a DC or C (RFC 2253 'A=b' lists the CN first, OpenSSL 'A = b' the DC "
-            "first); use one of those orders or the slash form",
+    if last & _ROOTS and not first & _ROOTS:
+        found = "its least significant RDN would be a DC or C"
+    elif first & _PERSONAL and last <= _ORGANISATIONAL:
+        found = (
+            f"its most significant RDN would be {sorted(first & _PERSONAL)[0]} "
+            f"and its least significant {sorted(last)[0]}"
         )
+    else:
+        return
+    raise _bad(
+        text,
+        f"is order-implausible: as written {found} (RFC 2253 'A=b' lists the CN "
+        "first, OpenSSL 'A = b' the DC or C first); use one of those orders or "
+        "the slash form",
+    )
+
+
+_ROOTS = frozenset({"DC", "C"})
+_PERSONAL = frozenset({"CN", "UID", "emailAddress"})
+_ORGANISATIONAL = frozenset({"DC", "C", "O", "OU", "L", "ST"})
 
 
 def _attribute(name: str, text: str) -> str:

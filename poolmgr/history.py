@@ -17,7 +17,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from poolmgr import events
-from poolmgr.dn import parse_dn
+from poolmgr.dn import parse_subject
 from poolmgr.errors import BadInputError, NoLeaseError, NotFoundError
 from poolmgr.identities import find_identity
 from poolmgr.models import Account, Identity, Lease, Pool
@@ -102,7 +102,7 @@ def person_history(session: Session, dn: str) -> PersonHistory:
     Raises BadInputError for a malformed DN and NotFoundError for a person
     who never held a lease here.
     """
-    identity = find_identity(session, parse_dn(dn))
+    identity = find_identity(session, parse_subject(dn))
     if identity is None:
         raise NotFoundError(f"No lease was ever held by {dn[:200]!r}.")
     rows = list_leases(session, dn=dn, include_ended=True)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from poolmgr.dn import parse_dn
+from poolmgr.dn import parse_subject
 from poolmgr.errors import NotFoundError
 from poolmgr.holds import IS_HELD
 from poolmgr.identities import find_identity
@@ -161,7 +161,7 @@ def list_leases(
     if account is not None:
         stmt = stmt.where(Account.name == account)
     if dn is not None:
-        identity = find_identity(session, parse_dn(dn))
+        identity = find_identity(session, parse_subject(dn))
         if identity is None:
             return []
         stmt = stmt.where(Lease.identity_id == identity.id)

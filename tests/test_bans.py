@@ -632,6 +632,26 @@ def test_a_running_service_refuses_a_person_banned_after_it_started(sqlite_engin
     assert second[0].startswith(b"ERR\tBANNED\t")
 
 
+@pytest.mark.parametrize("tail", ["/CN=123456789", "/CN=123/CN=456", "/CN=7/CN=proxy"])
+def test_a_proxy_numeric_cn_left_on_a_service_request_does_not_hide_a_ban(
+    sqlite_engine, tail
+):
+    # The service takes the DN it receives as the end-entity subject, so a
+    # trailing numeric CN stays part of the name there; a ban on the person
+    # must still refuse it, and no lease may be made for it.
+    directory = Path(tempfile.mkdtemp(prefix="pm-ban-", dir="/tmp"))
+    path = directory / "s.sock"
+    try:
+        with running(mapper_handler(sqlite_engine), path):
+            exchange(path, f"MAP\t{KIM}\t/atlas\n".encode())
+            ban(sqlite_engine, JANE)
+            reply = exchange(path, f"MAP\t{JANE}{tail}\t/atlas\n".encode())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert reply[0].startswith(b"ERR\tBANNED\t"), f"expected BANNED, got {reply}"
+    assert count(sqlite_engine, Lease) == 1, "only Kim's lease, none for the proxy DN"
+
+
 def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path):
     address = tmp_path / "log"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

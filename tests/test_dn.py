@@ -173,6 +173,38 @@ def test_forward_order_in_rfc2253_syntax_is_rejected(text):
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "CN = Bob Brown, O = Example",
+        "UID = bbrown, OU = People, O = Example",
+        "O=Example,emailAddress=bob@example.org",
+    ],
+    ids=["openssl-cn-first", "openssl-uid-first", "rfc2253-email-last"],
+)
+def test_a_person_rdn_before_only_organisational_ones_is_rejected(text):
+    # Read as written these would be persons no certificate names, beside
+    # the real one (O=Example, CN=Bob Brown): one person, two leases.
+    assert_rejected(text, "order-implausible")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("O = Example, CN = Bob Brown", "/O=Example/CN=Bob Brown"),
+        ("CN=Bob Brown,O=Example", "/O=Example/CN=Bob Brown"),
+        ("CN = pilot, CN = host01, OU = Robots, UID = x", None),
+    ],
+    ids=["openssl", "rfc2253", "person-rdns-last"],
+)
+def test_plausible_orders_of_the_same_kind_are_read(text, expected):
+    dn = parse_dn(text)
+    if expected is not None:
+        assert dn.slash() == expected
+    else:
+        assert dn.rdns[-1] == (("UID", "x"),)
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("DC=example,DC=org", "/DC=org/DC=example"),
@@ -597,9 +629,16 @@ def is_proxy_rdn(rdn: tuple) -> bool:
 
 
 def is_plausible_order(dn: DistinguishedName) -> bool:
+    """The orders comma forms accept: no DC or C last unless one is first, and
+    no CN, UID or emailAddress first with only organisational RDNs last."""
     first = {attr for attr, _ in dn.rdns[0]}
     last = {attr for attr, _ in dn.rdns[-1]}
-    return len(dn.rdns) < 2 or not (last & {"DC", "C"} and not first & {"DC", "C"})
+    if len(dn.rdns) < 2:
+        return True
+    if last & {"DC", "C"} and not first & {"DC", "C"}:
+        return False
+    personal_first = first & {"CN", "UID", "emailAddress"}
+    return not (personal_first and last <= {"DC", "C", "O", "OU", "L", "ST"})
 
 
 NAMES = (

@@ -20,6 +20,7 @@ from poolmgr.identities import get_or_create_identity
 from poolmgr.models import Account, Event, Lease, Pool
 from poolmgr.recycle import Recycler
 from poolmgr.timeutil import Duration, parse_time
+from poolmgr.views import list_leases
 from tests.factories import at, map_dn, open_leases, pool, sync
 
 JANE = "/DC=org/DC=example/O=Example Grid/CN=Jane Roe"
@@ -103,6 +104,23 @@ def test_history_lists_every_lease_across_pools_for_any_dn_form(sqlite_engine, s
         ("atlas001", "atlas"),
         ("atlasprd001", "atlasprd"),
     ]
+
+
+def test_history_and_leases_find_a_person_mapped_with_a_numeric_last_cn(
+    sqlite_engine, site
+):
+    # The service maps a DN as its own issuer, so a trailing numeric CN is
+    # part of the name; the admin views must look such a DN up the same way.
+    sync(sqlite_engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    robot = JANE + "/CN=424242"
+    map_dn(sqlite_engine, site, robot, "/atlas", issuer=robot)
+    with unit_of_work(sqlite_engine, write=False) as session:
+        found = person_history(session, robot)
+        listed = list_leases(session, dn=robot)
+        others = list_leases(session, dn=JANE)
+    assert [row.account for row in found.leases] == ["atlas001"]
+    assert [row.account for row in listed] == ["atlas001"]
+    assert others == [], "the DN without the numeric CN is another person"
 
 
 @pytest.mark.parametrize(
