@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from poolmgr.errors import ConfigError, DatabaseUnavailableError
+from poolmgr.settings import database_url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +113,10 @@ def dispose_engines() -> None:
 
 
 def _create_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"Database URL {url[:120]!r} is not a valid URL.") from None
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"Database URL: {problem}.")
+    parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _create_sqlite_engine(parsed.database)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -140,6 +142,8 @@ def _create_engine(url: str) -> Engine:
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"Database URL is not usable: {exc}") from None
     _ping_when_idle(engine)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        _allow_long_statements(engine)
     return engine
 
 
@@ -178,12 +182,69 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(str(exc)) from exc
 
 
+CONNECT_TIMEOUT = 5
+"""Seconds a database server has to accept a connection and log poolmgr in."""
+
+STATEMENT_SILENCE = 600
+"""Seconds a MariaDB/MySQL server may send nothing while running a statement."""
+
+
 def _connect_args(backend: str) -> dict[str, Any]:
     if backend == "postgresql":
-        return {"connect_timeout": 5}
+        # libpq's connect_timeout bounds the whole start-up, login included.
+        return {"connect_timeout": CONNECT_TIMEOUT}
     if backend in ("mysql", "mariadb"):
-        return {"connect_timeout": 5}
+        # PyMySQL's connect_timeout bounds only the TCP connect; reading the
+        # server's greeting and the login runs under read_timeout, so a
+        # server that accepts and stays silent would hang without it.
+        return {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "read_timeout": CONNECT_TIMEOUT,
+            "write_timeout": CONNECT_TIMEOUT,
+        }
     return {}
+
+
+def _allow_long_statements(engine: Engine) -> None:
+    """Give statements on a connected MariaDB/MySQL connection more time.
+
+    The short timeouts above are right for logging in but would break long
+    legitimate statements (an audit over a million leases, a migration, a
+    lock wait up to innodb_lock_wait_timeout). PyMySQL applies its read and
+    write timeouts at every socket operation from these two attributes and
+    has no public way to change them once connected.
+    """
+
+    @event.listens_for(engine, "connect", insert=True)
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        for name in ("_read_timeout", "_write_timeout"):
+            if hasattr(dbapi_connection, name):
+                setattr(dbapi_connection, name, STATEMENT_SILENCE)
+
+
+def is_absent_sqlite_file(url: str) -> bool:
+    """Return whether url names an SQLite file that does not exist (yet)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        return False
+    return not Path(parsed.database or "").expanduser().exists()
+
+
+def empty_engine() -> Engine:
+    """Return a new in-memory SQLite database with poolmgr's schema.
+
+    For dry runs on a database that does not exist yet: they plan against
+    an empty database and leave no file behind.
+    """
+    from poolmgr import migrate  # migrate imports this module
+
+    engine = _create_sqlite_engine(":memory:")
+    migrate.upgrade(engine)
+    return engine
 
 
 def _create_sqlite_engine(database: str | None) -> Engine:
@@ -314,9 +375,36 @@ def is_conflict(exc: DBAPIError) -> bool:
 
 
 def _unavailable(engine: Engine, exc: Exception) -> DatabaseUnavailableError:
-    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+    database = engine.url.database if is_sqlite(engine) else None
+    missing = missing_sqlite_directory(database)
+    if missing is not None:
+        return _no_directory(database, missing)
+    detail = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0][:200]
     where = engine.url.render_as_string(hide_password=True)
     return DatabaseUnavailableError(f"Database {where} is unavailable: {detail}")
+
+
+def require_sqlite_directory(url: str) -> None:
+    """Raise DatabaseUnavailableError if url's SQLite file has no directory."""
+    database = make_url(url).database
+    missing = missing_sqlite_directory(database)
+    if missing is not None:
+        raise _no_directory(database, missing)
+
+
+def _no_directory(database: str | None, missing: Path) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"Database file {database} cannot be opened: "
+        f"the directory {missing} does not exist."
+    )
+
+
+def missing_sqlite_directory(database: str | None) -> Path | None:
+    """Return the directory of an SQLite file path when it does not exist."""
+    if database in (None, "", ":memory:"):
+        return None
+    directory = Path(database or "").expanduser().parent
+    return None if directory.is_dir() else directory
 
 
 _factories: dict[int, sessionmaker[Session]] = {}

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from poolmgr import db, migrate, nss
 from poolmgr.banviews import ban_health
 from poolmgr.errors import DatabaseUnavailableError
+from poolmgr.logs import syslog_problem
 from poolmgr.models import Account, Pool
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
@@ -112,6 +112,16 @@ def probe(
 ) -> HealthReport:
     """Run every check; any failure becomes a result, never an exception."""
     try:
+        return _probe(load_settings, options, now)
+    except Exception as exc:  # noqa: BLE001  (a probe must answer)
+        message = f"check failed: {type(exc).__name__}: {exc}"
+        return HealthReport((CheckResult("probe", Status.UNKNOWN, message),))
+
+
+def _probe(
+    load_settings: Callable[[], Settings], options: CheckOptions, now: datetime
+) -> HealthReport:
+    try:
         settings = load_settings()
     except Exception as exc:  # noqa: BLE001  (a probe must answer)
         return HealthReport(
@@ -121,9 +131,6 @@ def probe(
         return run_checks(settings, options, now)
     except (SQLAlchemyError, DatabaseUnavailableError) as exc:
         return HealthReport((_unavailable(settings.database_url(), exc),))
-    except Exception as exc:  # noqa: BLE001  (a probe must answer)
-        message = f"check failed: {type(exc).__name__}: {exc}"
-        return HealthReport((CheckResult("probe", Status.UNKNOWN, message),))
 
 
 def run_checks(
@@ -155,48 +162,40 @@ def _run_one(name: str, check: Check, context: CheckContext) -> CheckResult:
 
 def check_database(url: str) -> CheckResult:
     """Return CRITICAL unless the database answers with the current schema."""
-    missing = _missing_sqlite_file(url)
-    if missing is not None:
+    if db.is_absent_sqlite_file(url):
+        # Connecting would create an empty file; a probe must not.
+        path = make_url(url).database
+        missing = db.missing_sqlite_directory(path)
+        detail = f" (the directory {missing} does not exist)" if missing else ""
         return CheckResult(
-            "database", Status.CRITICAL, f"database file {missing} does not exist"
+            "database", Status.CRITICAL, f"database file {path} does not exist{detail}"
         )
     try:
         status = migrate.status(db.get_engine(url))
     except SQLAlchemyError as exc:
         return _unavailable(url, exc)
-    if not status.is_current:
-        return CheckResult(
-            "database",
-            Status.CRITICAL,
-            f"database schema is at {status.current or 'none'}, poolmgr needs "
-            f"{status.head}; run 'poolmgr db upgrade'",
-        )
+    problem = status.problem()
+    if problem is not None:
+        return CheckResult("database", Status.CRITICAL, f"database {problem}")
     return CheckResult(
         "database", Status.OK, f"database schema current ({status.head})"
     )
-
-
-def _missing_sqlite_file(url: str) -> Path | None:
-    # Connecting would create an empty file; a probe must not.
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (
-        None,
-        "",
-        ":memory:",
-    ):
-        return None
-    path = Path(parsed.database or "").expanduser()
-    return None if path.exists() else path
 
 
 def _unavailable(url: str, exc: Exception) -> CheckResult:
     if isinstance(exc, DatabaseUnavailableError):
         detail = str(exc)
     else:
-        where = make_url(url).render_as_string(hide_password=True)
         text = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
-        detail = f"database {where} is unavailable: {text[0][:200]}"
+        detail = f"database {_where(url)} is unavailable: {text[0][:200]}"
     return CheckResult("database", Status.CRITICAL, detail)
+
+
+def _where(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  (a URL that does not parse is not shown)
+        return "(bad URL)"
 
 
 def check_pools(context: CheckContext) -> CheckResult:
@@ -322,9 +321,43 @@ def check_bans(context: CheckContext) -> CheckResult:
     return CheckResult("bans", Status(level), line)
 
 
+def check_dn_only_pool(context: CheckContext) -> CheckResult:
+    """Return CRITICAL when dn_only_pool names no live pool."""
+    name = context.settings.dn_only_pool
+    if name is None:
+        return CheckResult("dn_only_pool", Status.OK, "dn_only_pool not set")
+    retired_at = context.session.execute(
+        select(Pool.retired_at).where(Pool.name == name)
+    ).first()
+    if retired_at is None:
+        problem = "a pool that does not exist"
+    elif retired_at[0] is not None:
+        problem = "a retired pool"
+    else:
+        return CheckResult("dn_only_pool", Status.OK, f"dn_only_pool {name} live")
+    return CheckResult(
+        "dn_only_pool",
+        Status.CRITICAL,
+        f"dn_only_pool names {problem} ({name[:60]!r}); DN-only requests fail",
+    )
+
+
+def check_syslog(context: CheckContext) -> CheckResult:
+    """Return WARNING when syslog is enabled but cannot be reached."""
+    settings = context.settings.syslog
+    if not settings.enabled:
+        return CheckResult("syslog", Status.OK, "syslog off")
+    problem = syslog_problem(settings)
+    if problem is not None:
+        return CheckResult("syslog", Status.WARNING, problem)
+    return CheckResult("syslog", Status.OK, f"syslog {settings.address} reachable")
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("pools", check_pools),
     ("nss", check_nss),
     ("accounts", check_out_of_service),
     ("bans", check_bans),
+    ("dn_only_pool", check_dn_only_pool),
+    ("syslog", check_syslog),
 ]

@@ -719,7 +719,8 @@ def _no_match_message(parsed: _Parsed) -> str:
     if not parsed.fqans:
         return (
             f"No FQAN given for {parsed.dn.slash()!r} and no pool serves "
-            "DN-only requests (see dn_only_pool)."
+            "DN-only requests: dn_only_pool is not set, or names a pool that "
+            "does not exist or is retired ('poolmgr check' says which)."
         )
     return f"No pool serves FQAN {str(parsed.fqans[0])!r}."
 

@@ -7,7 +7,6 @@ INFO (syslog priority info), routine mapping decisions at DEBUG.
 
 import logging
 import logging.handlers
-import os
 import socket
 import sys
 import time
@@ -24,7 +23,11 @@ class _UTCFormatter(logging.Formatter):
 
 
 def setup_logging(verbosity: int = 0, syslog: SyslogSettings | None = None) -> None:
-    """Attach the stderr handler and, if configured and present, syslog."""
+    """Attach the stderr handler and, if enabled, syslog.
+
+    A syslog that cannot be reached does not stop the command: the first
+    line it would have received prints one warning on stderr instead.
+    """
     root = logging.getLogger("poolmgr")
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -38,9 +41,23 @@ def setup_logging(verbosity: int = 0, syslog: SyslogSettings | None = None) -> N
     root.addHandler(stderr)
 
     if syslog is not None and syslog.enabled:
-        syslog_handler = _syslog_handler(syslog)
-        if syslog_handler is not None:
-            root.addHandler(syslog_handler)
+        root.addHandler(_syslog_handler(syslog))
+
+
+def syslog_problem(settings: SyslogSettings) -> str | None:
+    """Return why the configured syslog cannot be reached, or None if it can."""
+    if not settings.enabled:
+        return None
+    try:
+        _open_syslog(settings).close()
+    except (OSError, ValueError) as exc:
+        return _unreachable(settings, exc)
+    return None
+
+
+def _unreachable(settings: SyslogSettings, exc: Exception) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"syslog {settings.address} is unreachable ({reason})"
 
 
 def _stderr_level(verbosity: int) -> int:
@@ -53,22 +70,76 @@ def _stderr_level(verbosity: int) -> int:
     return logging.ERROR
 
 
-def _syslog_handler(settings: SyslogSettings) -> logging.Handler | None:
-    facility = _FACILITIES.get(settings.facility.lower())
-    if facility is None:
-        raise ValueError(f"unknown syslog facility {settings.facility!r}")
+class _WarnOnce:
+    """Says once per process run, on stderr, that syslog lines are lost.
+
+    The event rows in the database are written either way; the operator
+    should know that the security officer's syslog copy is missing.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.warned = False
+
+    def warn(self) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        sys.stderr.write(
+            f"poolmgr: warning: {self.problem}; log lines are not sent to "
+            "syslog, events are still recorded in the database.\n"
+        )
+
+
+class _LostSyslogHandler(logging.Handler):
+    """Stands in for a syslog that could not be opened."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.once = _WarnOnce(problem)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.once.warn()
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """A syslog handler that warns once on stderr when sending fails."""
+
+    once: _WarnOnce
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.once.warn()
+
+
+def _syslog_handler(settings: SyslogSettings) -> logging.Handler:
+    try:
+        handler = _open_syslog(settings)
+    except (OSError, ValueError) as exc:
+        return _LostSyslogHandler(_unreachable(settings, exc))
+    handler.once = _WarnOnce(f"syslog {settings.address} stopped accepting lines")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("poolmgr[%(process)d]: %(message)s"))
+    return handler
+
+
+def _open_syslog(settings: SyslogSettings) -> _SyslogHandler:
+    """Return a handler connected to settings.address; raise OSError if absent."""
+    facility = _FACILITIES[settings.facility.lower()]
     address: str | tuple[str, int] = settings.address
     if not settings.address.startswith("/"):
         host, _, port = settings.address.rpartition(":")
         address = (host, int(port or 514))
-    elif not os.path.exists(settings.address):
-        return None
-    try:
-        handler = logging.handlers.SysLogHandler(
-            address=address, facility=facility, socktype=socket.SOCK_DGRAM
-        )
-    except OSError:
-        return None
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("poolmgr[%(process)d]: %(message)s"))
-    return handler
+    # SysLogHandler itself accepts a missing socket and fails only later,
+    # line by line, so the address is tried here first.
+    _try_address(address)
+    return _SyslogHandler(
+        address=address, facility=facility, socktype=socket.SOCK_DGRAM
+    )
+
+
+def _try_address(address: str | tuple[str, int]) -> None:
+    if isinstance(address, str):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+    else:
+        socket.getaddrinfo(*address, 0, socket.SOCK_DGRAM)

@@ -9,9 +9,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import Engine
 
 from poolmgr.db import Base, is_sqlite
+from poolmgr.errors import DatabaseUnavailableError
 
 
 def _migrations_dir() -> Path:
@@ -27,14 +29,35 @@ MIGRATIONS = _migrations_dir()
 
 @dataclass(frozen=True)
 class SchemaStatus:
-    """Where a database stands against the migrations poolmgr carries."""
+    """Where a database stands against the migrations poolmgr carries.
+
+    ``is_known`` is false when the database is at a revision none of these
+    migrations has: a newer poolmgr upgraded it, and this one can neither
+    use that schema nor upgrade it.
+    """
 
     current: str | None
     head: str
+    is_known: bool = True
 
     @property
     def is_current(self) -> bool:
         return self.current == self.head
+
+    def problem(self) -> str | None:
+        """Return why poolmgr cannot work on this schema, or None if it can."""
+        if self.is_current:
+            return None
+        if not self.is_known:
+            return (
+                f"is at schema revision {self.current}, which this poolmgr "
+                f"(newest revision {self.head}) does not know; was it upgraded "
+                "by a newer poolmgr? Use that version, or restore a backup"
+            )
+        return (
+            f"is at schema revision {self.current or 'none'}, this poolmgr "
+            f"needs {self.head}; run 'poolmgr db upgrade'"
+        )
 
 
 def alembic_config() -> Config:
@@ -45,7 +68,14 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to revision (head by default) in one transaction."""
+    """Bring the schema to revision (head by default) in one transaction.
+
+    Raises DatabaseUnavailableError, changing nothing, when the database is
+    at a revision these migrations do not know.
+    """
+    state = status(engine)
+    if not state.is_known:
+        raise DatabaseUnavailableError(f"Database {_where(engine)} {state.problem()}.")
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -61,11 +91,34 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def status(engine: Engine) -> SchemaStatus:
-    """Return the database's revision and the newest one available."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """Return the database's revision, the newest one available, and whether
+    the database's revision is one of poolmgr's."""
+    script = ScriptDirectory.from_config(alembic_config())
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
-    return SchemaStatus(current=current, head=head or "")
+    return SchemaStatus(
+        current=current,
+        head=script.get_current_head() or "",
+        is_known=current is None or _has_revision(script, current),
+    )
+
+
+def require_current(engine: Engine) -> None:
+    """Raise DatabaseUnavailableError unless the schema is at head."""
+    problem = status(engine).problem()
+    if problem is not None:
+        raise DatabaseUnavailableError(f"Database {_where(engine)} {problem}.")
+
+
+def _has_revision(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except AlembicError:
+        return False
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 def drift(engine: Engine) -> list[object]:

@@ -11,16 +11,18 @@ from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from poolmgr.errors import ConfigError, PoolmgrError
 from poolmgr.timeutil import Duration
+from poolmgr.yamldoc import read_document
 
 DEFAULT_CONFIG = Path("/etc/poolmgr/poolmgr.yaml")
 SYSTEM_STATE_DIR = Path("/var/lib/poolmgr")
-MAX_CONFIG_BYTES = 1 << 20
 _NAME = r"^[a-z_][a-z0-9_.-]{0,31}$"
+DATABASE_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
 
 
 def default_state_dir() -> Path:
@@ -34,6 +36,33 @@ def default_state_dir() -> Path:
 def default_database_url() -> str:
     """Return the URL of the embedded SQLite database in the state directory."""
     return f"sqlite:///{default_state_dir() / 'poolmgr.db'}"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Return why poolmgr cannot use the database URL, or None if it can.
+
+    The URL must parse and name one of the backends poolmgr supports; a
+    driver it names must be one SQLAlchemy knows. The URL itself is never
+    quoted, since it may carry a password.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return (
+            "the value is not a database URL (give sqlite:///PATH, "
+            "postgresql://..., mysql://... or mariadb://...)"
+        )
+    backend = parsed.get_backend_name()
+    if backend not in DATABASE_BACKENDS:
+        return (
+            f"database backend {backend[:40]!r} is not supported "
+            f"(use {', '.join(DATABASE_BACKENDS)})"
+        )
+    try:
+        parsed.get_dialect()
+    except ArgumentError:
+        return f"database driver {parsed.drivername[:60]!r} is not known"
+    return None
 
 
 def _positive_duration(value: str, what: str) -> str:
@@ -206,6 +235,14 @@ class Settings(_Strict):
     ban_sources: list[BanSourceSettings] = Field(default_factory=list)
     source: str = Field(default="(defaults)", exclude=True)
 
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str | None) -> str | None:
+        problem = None if value is None else database_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("quiet_period")
     @classmethod
     def _check_quiet_period(cls, value: str) -> str:
@@ -244,13 +281,26 @@ def load_settings(config: Path | None = None, database: str | None = None) -> Se
     """Read the site configuration; raise ConfigError naming file and key."""
     path, explicit = _config_path(config)
     data = _read_yaml(path) if (explicit or path.exists()) else {}
-    if database or os.environ.get("POOLMGR_DATABASE_URL"):
-        data["database"] = database or os.environ["POOLMGR_DATABASE_URL"]
+    url, origin = _database_override(database)
+    if url is not None:
+        problem = database_url_problem(url)
+        if problem is not None:
+            raise ConfigError(f"{origin}: {problem}.")
+        data["database"] = url
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc)) from None
     return settings.model_copy(update={"source": str(path) if data else "(defaults)"})
+
+
+def _database_override(database: str | None) -> tuple[str | None, str]:
+    """Return the URL given outside the file, and where it came from."""
+    if database:
+        return database, "--database"
+    if os.environ.get("POOLMGR_DATABASE_URL"):
+        return os.environ["POOLMGR_DATABASE_URL"], "POOLMGR_DATABASE_URL"
+    return None, ""
 
 
 def _config_path(config: Path | None) -> tuple[Path, bool]:
@@ -262,28 +312,21 @@ def _config_path(config: Path | None) -> tuple[Path, bool]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
+    document, problems = read_document(path, "configuration")
+    if problems:
         raise ConfigError(
-            f"{path}: cannot read the configuration: {exc.strerror}."
-        ) from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: the configuration is larger than 1 MiB.")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the configuration is not UTF-8 text.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {where}{problem}.") from None
-    if data is None:
+            f"{path}: "
+            + "; ".join(
+                f"line {line}: {message}" if line else message
+                for line, message in problems
+            )
+            + "."
+        )
+    if document is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(document.data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping of keys.")
-    return data
+    return document.data
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

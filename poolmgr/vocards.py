@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,9 +27,9 @@ from pydantic import (
 
 from poolmgr.errors import BadInputError, VoCardError
 from poolmgr.fqan import FqanRule, parse_fqan, parse_rule
+from poolmgr.yamldoc import Document, Loc, Problem, dotted, quote, read_document
 
 FORMAT = "poolmgr-vocard/1"
-MAX_CARD_BYTES = 1024 * 1024
 MAX_ACCOUNTS = 100_000
 CARD_SUFFIXES = (".yaml", ".yml")
 
@@ -39,16 +38,8 @@ _POOL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
 
-Loc = tuple[str | int, ...]
-_Problem = tuple[int, str]
-"""A problem of one file: its line (0 for the whole file) and message."""
 
 FqanType = Literal["users", "production", "software", "pilot", "other"]
-
-
-def _quote(value: object, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_vo_name(value: str) -> bool:
@@ -69,7 +60,7 @@ def is_dn(value: str) -> bool:
 def _check_vo_name(value: str) -> str:
     if not is_vo_name(value):
         raise ValueError(
-            f"{_quote(value)} is not a valid VO name: use at most 64 lower-case"
+            f"{quote(value)} is not a valid VO name: use at most 64 lower-case"
             " letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
@@ -78,7 +69,7 @@ def _check_vo_name(value: str) -> str:
 def _check_pool_name(value: str) -> str:
     if not _POOL_NAME.fullmatch(value):
         raise ValueError(
-            f"{_quote(value)} is not a valid pool name: use at most 32 lower-case"
+            f"{quote(value)} is not a valid pool name: use at most 32 lower-case"
             " letters, digits, '_' or '-', starting with a letter"
         )
     return value
@@ -86,13 +77,13 @@ def _check_pool_name(value: str) -> str:
 
 def _check_host(value: str) -> str:
     if not is_host_name(value):
-        raise ValueError(f"{_quote(value)} is not a valid host name")
+        raise ValueError(f"{quote(value)} is not a valid host name")
     return value
 
 
 def _check_dn(value: str) -> str:
     if not is_dn(value):
-        raise ValueError(f"{_quote(value)} is not a DN in slash form (/DC=.../CN=...)")
+        raise ValueError(f"{quote(value)} is not a DN in slash form (/DC=.../CN=...)")
     return value
 
 
@@ -212,7 +203,7 @@ class VoCard(_Strict):
         if sink is not None:
             sink.extend(problems)
         elif problems:
-            raise ValueError("; ".join(f"{_dotted(loc)}: {m}" for loc, m in problems))
+            raise ValueError("; ".join(f"{dotted(loc)}: {m}" for loc, m in problems))
         return self
 
 
@@ -296,165 +287,25 @@ def _rule_problems(vo: str, entry: PoolEntry, loc: Loc) -> list[tuple[Loc, str]]
 
 
 def _foreign(text: str, vo: str) -> str:
-    return f"{_quote(text)} does not belong to VO {vo!r}; it must start with /{vo}"
-
-
-def _dotted(loc: Loc) -> str:
-    return ".".join(str(part) for part in loc) or "(top)"
+    return f"{quote(text)} does not belong to VO {vo!r}; it must start with /{vo}"
 
 
 # ---------------------------------------------------------------- YAML reading
 
 
-class _NodeBudgetError(Exception):
-    """Aliases expand the document past the node budget."""
-
-
-@dataclass
-class _Document:
-    """A parsed YAML file: plain data and the line of every key and item."""
-
-    data: Any
-    lines: dict[Loc, int]
-    bad: set[Loc]
-
-
-class _Converter:
-    """Turns a composed YAML node tree into data, recording line numbers."""
-
-    max_nodes = 100_000
-
-    def __init__(self, loader: yaml.SafeLoader) -> None:
-        self.loader = loader
-        self.lines: dict[Loc, int] = {}
-        self.problems: list[_Problem] = []
-        self.bad: set[Loc] = set()
-        self.visited = 0
-        self.active: set[int] = set()
-
-    def convert(self, node: yaml.Node, loc: Loc) -> Any:
-        self.visited += 1
-        if self.visited > self.max_nodes:
-            raise _NodeBudgetError
-        line = node.start_mark.line + 1
-        self.lines.setdefault(loc, line)
-        if id(node) in self.active:
-            return self._problem(loc, line, "an alias refers to itself")
-        self.active.add(id(node))
-        try:
-            return self._convert(node, loc, line)
-        finally:
-            self.active.discard(id(node))
-
-    def _convert(self, node: yaml.Node, loc: Loc, line: int) -> Any:
-        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-            kind = "map" if isinstance(node, yaml.MappingNode) else "seq"
-            if node.tag != f"tag:yaml.org,2002:{kind}":
-                return self._problem(
-                    loc, line, f"the tag {_quote(node.tag)} is not allowed"
-                )
-            if kind == "map":
-                return self._mapping(node, loc)
-            return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            return self._problem(loc, line, _yaml_problem(exc))
-
-    def _note(self, loc: Loc, line: int, message: str) -> None:
-        self.problems.append((line, f"{_dotted(loc)}: {message}" if loc else message))
-
-    def _problem(self, loc: Loc, line: int, message: str) -> None:
-        """Record a problem; the value at loc becomes None and is not judged."""
-        self._note(loc, line, message)
-        self.bad.add(loc)
-
-    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            key = self._key(key_node, loc, line)
-            if key is None:
-                continue
-            if key in first:
-                message = f"duplicate key {key!r} (first at line {first[key]})"
-                self._note((*loc, key), line, message)
-                continue
-            first[key] = line
-            self.lines[(*loc, key)] = line
-            result[key] = self.convert(value_node, (*loc, key))
-        return result
-
-    def _key(self, node: yaml.Node, loc: Loc, line: int) -> str | None:
-        if node.tag == "tag:yaml.org,2002:merge":
-            self._note(loc, line, "merge keys (<<) are not supported")
-            return None
-        try:
-            key = self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self._note(loc, line, _yaml_problem(exc))
-            return None
-        if not isinstance(key, str):
-            self._note(loc, line, f"the key {_quote(key, 60)} is not plain text")
-            return None
-        return key
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    text = f"{context}, {problem}" if context else problem
-    if isinstance(exc, yaml.constructor.ConstructorError):
-        return f"the value cannot be read: {text}"
-    return f"YAML syntax error: {text}"
-
-
-def _read_document(path: Path) -> tuple[_Document | None, list[_Problem]]:
-    """Parse path safely; return the document (if any) and the problems."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return None, [(0, f"cannot read the file: {exc.strerror}")]
-    if len(raw) > MAX_CARD_BYTES:
-        return None, [(0, f"the file is larger than 1 MiB ({len(raw)} bytes)")]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return None, [
-            (line, f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x})")
-        ]
-    return _compose(text)
-
-
-def _compose(text: str) -> tuple[_Document | None, list[_Problem]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, [(1, "the file is empty; a VO card needs format and vo")]
-        converter = _Converter(loader)
-        data = converter.convert(node, ())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if mark is None:
-            return None, [(1, _yaml_problem(exc))]
-        return None, [
-            (mark.line + 1, f"column {mark.column + 1}: {_yaml_problem(exc)}")
-        ]
-    except yaml.YAMLError as exc:
-        return None, [(1, _yaml_problem(exc))]
-    except (_NodeBudgetError, RecursionError):
-        return None, [(1, "the document nests or repeats aliases too deeply")]
-    finally:
-        loader.dispose()
-
-    if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else _quote(data, 60)
-        top = (node.start_mark.line + 1, f"the top level must be a mapping, not {kind}")
-        return None, [*converter.problems, top]
-    return _Document(data, converter.lines, converter.bad), converter.problems
+def _read_document(path: Path) -> tuple[Document | None, list[Problem]]:
+    """Parse path safely; return the card's document (if any) and the problems."""
+    document, problems = read_document(path)
+    if document is None:
+        if not problems:
+            problems = [(1, "the file is empty; a VO card needs format and vo")]
+        return None, problems
+    if not isinstance(document.data, dict):
+        data = document.data
+        kind = "a list" if isinstance(data, list) else quote(data, 60)
+        top = (document.line, f"the top level must be a mapping, not {kind}")
+        return None, [*problems, top]
+    return document, problems
 
 
 # ------------------------------------------------------------------ validation
@@ -483,18 +334,18 @@ def _under(loc: Loc, bad: set[Loc]) -> bool:
     return any(loc[:end] in bad for end in range(len(loc) + 1))
 
 
-def _validate(document: _Document) -> tuple[VoCard | None, list[_Problem]]:
+def _validate(document: Document) -> tuple[VoCard | None, list[Problem]]:
     sink: list[tuple[Loc, str]] = []
     try:
         card = VoCard.model_validate(document.data, context={"problems": sink})
     except ValidationError as exc:
         return None, [
-            (_line_of(document.lines, loc), f"{_dotted(loc)}: {_message(error)}")
+            (_line_of(document.lines, loc), f"{dotted(loc)}: {_message(error)}")
             for error in exc.errors()
             if not _under(loc := tuple(error["loc"]), document.bad)
         ]
     problems = [
-        (_line_of(document.lines, loc), f"{_dotted(loc)}: {message}")
+        (_line_of(document.lines, loc), f"{dotted(loc)}: {message}")
         for loc, message in sink
     ]
     return (None if problems else card), problems
@@ -522,7 +373,7 @@ def _message(error: Any) -> str:
     message = _MESSAGES.get(kind) or error["msg"].removeprefix("Value error, ")
     message = message.rstrip(".")
     if kind not in _QUIET:
-        message += f" (got {_quote(error['input'], 80)})"
+        message += f" (got {quote(error['input'], 80)})"
     return message
 
 
@@ -574,7 +425,7 @@ def _cross_card_problems(loaded: list[_Loaded]) -> list[str]:
             if entry.name in pools and pools[entry.name][0] is not item:
                 other, other_loc = pools[entry.name]
                 problems.append(
-                    f"{item.path}:{item.line(loc)}: {_dotted(loc)}: pool name "
+                    f"{item.path}:{item.line(loc)}: {dotted(loc)}: pool name "
                     f"{entry.name!r} is already declared at "
                     f"{other.path}:{other.line(other_loc)}."
                 )

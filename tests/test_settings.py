@@ -61,6 +61,17 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
             "ban_sources: ban source name(s) used twice: c",
         ),
         ("key: [unclosed\n", "line 2: "),
+        (
+            "database: sqlite:///a.db\ndatabase: sqlite:///b.db\n",
+            "line 2: database: duplicate key 'database' (first at line 1)",
+        ),
+        (
+            "pools:\n  atlas:\n    size: 1\n    size: 2\n",
+            "line 4: pools.atlas.size: duplicate key 'size' (first at line 3)",
+        ),
+        ("database: notaurl\n", "database: the value is not a database URL"),
+        ("database: ''\n", "database: the value is not a database URL"),
+        ("database: ftp://x/y\n", "database: database backend 'ftp' is not"),
     ],
     ids=[
         "zero-quiet",
@@ -72,6 +83,11 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         "not-mapping",
         "double-source",
         "yaml-syntax",
+        "duplicate-key",
+        "duplicate-nested-key",
+        "url-not-parsed",
+        "url-empty",
+        "url-foreign-backend",
     ],
 )
 def test_bad_configuration_names_file_key_and_problem(tmp_path, text, message):
@@ -94,3 +110,37 @@ def test_a_binary_file_is_rejected(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////var/lib/poolmgr/poolmgr.db",
+        "postgresql://poolmgr@db.example.org/poolmgr",
+        "postgresql+psycopg://poolmgr@db.example.org/poolmgr",
+        "mysql://poolmgr@db.example.org/poolmgr",
+        "mariadb://poolmgr@db.example.org/poolmgr",
+    ],
+    ids=["sqlite", "postgresql", "postgresql-driver", "mysql", "mariadb"],
+)
+def test_the_supported_database_urls_are_accepted(tmp_path, url):
+    path = tmp_path / "site.yaml"
+    path.write_text(f"database: {url}\n")
+    assert load_settings(path).database == url
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "origin"),
+    [("notaurl", None, "--database"), (None, "ftp://x/y", "POOLMGR_DATABASE_URL")],
+    ids=["option", "environment"],
+)
+def test_a_bad_database_url_outside_the_file_names_its_source(
+    tmp_path, monkeypatch, option, env, origin
+):
+    path = tmp_path / "site.yaml"
+    path.write_text("database: sqlite:///fine.db\n")
+    if env is not None:
+        monkeypatch.setenv("POOLMGR_DATABASE_URL", env)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, option)
+    assert str(info.value).startswith(f"{origin}: ")

@@ -12,9 +12,12 @@ EPILOG = """Checks: the database answers and its schema is current; no live pool
 is at or below the thresholds of available accounts (free and past their
 quiet period); accounts and groups resolve in NSS with their ids (when
 check_nss is on or with --nss); no account is out of service (a state other
-than free, leased or retired). Exit codes follow Nagios and nothing else is
-ever returned: 0 OK, 1 WARNING, 2 CRITICAL (also a database that cannot be
-reached), 3 UNKNOWN (a check could not run, or the configuration is bad)."""
+than free, leased or retired); dn_only_pool names a live pool (CRITICAL
+otherwise); syslog, when enabled, can be reached (WARNING otherwise). Exit
+codes follow Nagios and nothing else is ever returned: 0 OK, 1 WARNING, 2
+CRITICAL (also a database that cannot be reached, or at a schema revision
+this poolmgr does not use), 3 UNKNOWN (a check could not run, or the
+configuration is bad)."""
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,7 @@
 """Commands about the database schema: db upgrade, db status, db check."""
 
 import typer
+from sqlalchemy import Engine
 
 from poolmgr import migrate
 from poolmgr.cli.state import state
@@ -32,10 +33,24 @@ def status_command() -> None:
     engine = state.engine(migrate_sqlite=False)
     ping(engine)
     status = migrate.status(engine)
-    typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
+    typer.echo(f"database: {_where(engine)}")
     typer.echo(f"revision: {status.current or 'none (empty database)'}")
     typer.echo(f"head:     {status.head}")
-    typer.echo("state:    " + ("up to date" if status.is_current else "needs upgrade"))
+    typer.echo(f"state:    {_state_line(status)}")
+    if not status.is_known:
+        raise DatabaseUnavailableError(f"Database {_where(engine)} {status.problem()}.")
+
+
+def _state_line(status: migrate.SchemaStatus) -> str:
+    if status.is_current:
+        return "up to date"
+    if not status.is_known:
+        return "unknown revision (made by a newer poolmgr?)"
+    return "needs upgrade"
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 @app.command("check")
@@ -43,12 +58,8 @@ def check_command() -> None:
     """Verify that the schema is at head and matches the models exactly."""
     engine = state.engine(migrate_sqlite=False)
     ping(engine)
+    migrate.require_current(engine)
     status = migrate.status(engine)
-    if not status.is_current:
-        raise DatabaseUnavailableError(
-            f"Schema is at {status.current or 'none'}, head is {status.head}; "
-            "run 'poolmgr db upgrade'."
-        )
     differences = migrate.drift(engine)
     if differences:
         for difference in differences:

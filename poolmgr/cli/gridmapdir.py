@@ -49,7 +49,8 @@ def import_command(
 ) -> None:
     """Import the leases of an existing gridmapdir into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    with unit_of_work(state.engine(), write=not dry_run) as session:
+    engine = state.engine(create=not dry_run)
+    with unit_of_work(engine, write=not dry_run) as session:
         plan = import_gridmapdir(
             session,
             directory,

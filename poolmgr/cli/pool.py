@@ -70,7 +70,7 @@ def sync_command(
     """Create, grow and shrink pools and accounts to match the VO cards."""
     settings = state.settings()
     cards = load_cards(directory or settings.vocards)
-    engine = state.engine()
+    engine = state.engine(create=not dry_run)
     with unit_of_work(engine) as session:
         result = sync_pools(session, settings, card_specs(cards), utcnow())
         if dry_run:

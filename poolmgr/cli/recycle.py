@@ -69,7 +69,7 @@ def recycle_command(
         raise BadInputError("--reason and --ignore-in-use only go with --force.")
     if force is not None:
         check_reason(reason)
-    recycler = Recycler(state.engine(), state.settings(), actor=by)
+    recycler = Recycler(state.engine(create=not dry_run), state.settings(), actor=by)
 
     outcomes: Iterable[Outcome]
     if force is not None:

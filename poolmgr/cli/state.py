@@ -6,7 +6,6 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from poolmgr import db, migrate
-from poolmgr.errors import DatabaseUnavailableError
 from poolmgr.logs import setup_logging
 from poolmgr.settings import Settings, default_state_dir, load_settings
 
@@ -27,32 +26,28 @@ class State:
             setup_logging(self.verbosity, self._settings.syslog)
         return self._settings
 
-    def engine(self, *, migrate_sqlite: bool = True) -> Engine:
+    def engine(self, *, migrate_sqlite: bool = True, create: bool = True) -> Engine:
         """Return a reachable engine; a new SQLite database gets its schema.
 
+        With create=False (a dry run) an SQLite file that does not exist yet
+        is not created: the engine is an empty, migrated in-memory database.
         Raises DatabaseUnavailableError when the database cannot be reached
         or is not at the schema revision this poolmgr needs.
         """
         settings = self.settings()
+        url = settings.database_url()
+        if not create and db.is_absent_sqlite_file(url):
+            if settings.database is not None:
+                db.require_sqlite_directory(url)
+            return db.empty_engine()
         if settings.database is None:
             default_state_dir().mkdir(parents=True, exist_ok=True)
-        engine = db.get_engine(settings.database_url())
+        engine = db.get_engine(url)
         db.ping(engine)
         if migrate_sqlite:
             migrate.ensure_schema(engine)
-            _require_current(engine)
+            migrate.require_current(engine)
         return engine
-
-
-def _require_current(engine: Engine) -> None:
-    status = migrate.status(engine)
-    if status.is_current:
-        return
-    where = engine.url.render_as_string(hide_password=True)
-    raise DatabaseUnavailableError(
-        f"Database {where} is at schema revision {status.current or 'none'}, "
-        f"this poolmgr needs {status.head}; run 'poolmgr db upgrade'."
-    )
 
 
 state = State()

@@ -1,7 +1,9 @@
 """poolmgr check: one line on stdout and a Nagios exit code, whatever happens."""
 
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 
+from poolmgr import health
 from poolmgr.cli import main
 
 
@@ -30,6 +32,8 @@ def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
         "OK nss",
         "OK accounts",
         "OK bans",
+        "OK dn_only_pool",
+        "OK syslog",
     ]
 
 
@@ -92,3 +96,96 @@ def test_check_help_documents_the_nagios_codes(cli):
     result = cli("check", "--help")
     text = " ".join(result.out.split())
     assert "0 OK, 1 WARNING, 2 CRITICAL" in text and "3 UNKNOWN" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "where"),
+    [
+        (["--database", "notaurl"], None, "--database"),
+        ([], "notaurl", "POOLMGR_DATABASE_URL"),
+        ([], "ftp://x/y", "POOLMGR_DATABASE_URL"),
+    ],
+    ids=["option", "environment", "foreign-backend"],
+)
+def test_a_bad_database_url_is_unknown_in_one_line(
+    tmp_path, capsys, monkeypatch, args, env, where
+):
+    if env is not None:
+        monkeypatch.setenv("POOLMGR_DATABASE_URL", env)
+    code = main([*args, "check"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (3, ""), f"expected UNKNOWN and no stderr, got {out}{err}"
+    assert out.startswith(f"POOLMGR UNKNOWN - configuration: {where}: ")
+    assert out.count("\n") == 1
+
+
+def test_a_bad_database_url_in_the_file_is_unknown_naming_file_and_key(
+    tmp_path, capsys
+):
+    config = tmp_path / "poolmgr.yaml"
+    config.write_text("database: notaurl\n")
+    code = main(["--config", str(config), "check"])
+    out, _ = capsys.readouterr()
+    assert code == 3
+    assert out.startswith(
+        f"POOLMGR UNKNOWN - configuration: {config}: database: the value is not "
+        "a database URL"
+    )
+
+
+def test_a_failure_while_reporting_a_failure_is_still_unknown(
+    tmp_path, capsys, monkeypatch
+):
+    def broken(url, exc):
+        raise RuntimeError("broken reporter")
+
+    monkeypatch.setattr(health, "_unavailable", broken)
+    monkeypatch.setattr(
+        health, "run_checks", lambda *a: (_ for _ in ()).throw(SQLAlchemyError("x"))
+    )
+    code = main(["check"])
+    out, _ = capsys.readouterr()
+    assert code == 3
+    assert out == "POOLMGR UNKNOWN - check failed: RuntimeError: broken reporter\n"
+
+
+def _configure(tmp_path, old: str, new: str) -> None:
+    config = tmp_path / "poolmgr.yaml"
+    text = config.read_text()
+    assert old in text, f"the test configuration lacks {old!r}"
+    config.write_text(text.replace(old, new))
+
+
+def test_a_dn_only_pool_that_does_not_exist_is_critical(cli, tmp_path):
+    cli("sync")
+    _configure(
+        tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: nopool\n"
+    )
+    result = cli("check")
+    assert result.code == 2
+    assert result.out == (
+        "POOLMGR CRITICAL - dn_only_pool names a pool that does not exist "
+        "('nopool'); DN-only requests fail\n"
+    )
+
+
+def test_a_dn_only_pool_that_exists_is_ok(cli, tmp_path):
+    cli("sync")
+    _configure(
+        tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: atlas\n"
+    )
+    result = cli("check", "--verbose")
+    assert result.code == 0
+    assert "OK dn_only_pool: dn_only_pool atlas live" in result.out.splitlines()
+
+
+def test_an_unreachable_syslog_is_a_warning_naming_it(cli, tmp_path):
+    cli("sync")
+    missing = tmp_path / "no-such-log"
+    _configure(tmp_path, "enabled: false\n", f"address: {missing}\n")
+    result = cli("check")
+    assert result.code == 1
+    assert result.out == (
+        f"POOLMGR WARNING - syslog {missing} is unreachable "
+        "(No such file or directory)\n"
+    )

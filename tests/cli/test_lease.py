@@ -176,5 +176,8 @@ def test_a_mistyped_sqlite_path_fails_instead_of_starting_a_new_history(
     missing = tmp_path / "no-such-dir" / "poolmgr.db"
     code = main(["--database", f"sqlite:///{missing}", "pools"])
     assert code == 8
-    assert "unable to open database file" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"poolmgr: Database file {missing} cannot be opened: the directory "
+        f"{missing.parent} does not exist.\n"
+    )
     assert not missing.parent.exists()

@@ -1,0 +1,145 @@
+"""The database a command works on: its URL, its file, its schema revision."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+
+from poolmgr import migrate
+from poolmgr.cli import main
+
+DEAD = "0000dead"
+
+
+def _set_revision(path, revision: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "database: notaurl\n",
+            "database: the value is not a database URL (give sqlite:///PATH, "
+            "postgresql://..., mysql://... or mariadb://...)",
+        ),
+        (
+            "database: ftp://x/y\n",
+            "database: database backend 'ftp' is not supported "
+            "(use sqlite, postgresql, mysql, mariadb)",
+        ),
+        (
+            "database: postgresql+nodriver://h/d\n",
+            "database: database driver 'postgresql+nodriver' is not known",
+        ),
+        (
+            "database: sqlite:///a.db\ndatabase: sqlite:///b.db\n",
+            "line 2: database: duplicate key 'database' (first at line 1).",
+        ),
+    ],
+    ids=["not-a-url", "foreign-backend", "unknown-driver", "duplicate-key"],
+)
+def test_a_bad_database_setting_names_file_and_key(tmp_path, capsys, text, message):
+    config = tmp_path / "poolmgr.yaml"
+    config.write_text(text)
+    code = main(["--config", str(config), "pools"])
+    _, err = capsys.readouterr()
+    assert code == 10
+    assert err == f"poolmgr: {config}: {message}\n"
+
+
+@pytest.mark.parametrize("source", ["--database", "POOLMGR_DATABASE_URL"])
+def test_a_bad_database_url_names_the_option_or_variable(capsys, monkeypatch, source):
+    args = ["pools"]
+    if source == "--database":
+        args = ["--database", "notaurl", *args]
+    else:
+        monkeypatch.setenv(source, "notaurl")
+    code = main(args)
+    _, err = capsys.readouterr()
+    assert code == 10
+    assert err.startswith(f"poolmgr: {source}: the value is not a database URL")
+
+
+def test_a_dry_run_in_a_missing_directory_names_it(tmp_path, capsys):
+    path = tmp_path / "nodir" / "x.db"
+    cards = Path(__file__).parents[2] / "vocards"
+    code = main(["--database", f"sqlite:///{path}", "sync", "--dry-run", str(cards)])
+    _, err = capsys.readouterr()
+    assert code == 8
+    assert err == (
+        f"poolmgr: Database file {path} cannot be opened: the directory "
+        f"{path.parent} does not exist.\n"
+    )
+
+
+def test_a_dry_run_sync_plans_without_creating_the_database(cli, tmp_path):
+    result = cli("sync", "--dry-run")
+    assert result.code == 0, result.err
+    assert result.out.startswith("Would make 5 change(s):\n")
+    assert list(tmp_path.glob("cli.db*")) == [], "a dry run created the database"
+    assert cli("sync").out.startswith("Made 5 change(s):\n")
+
+
+def test_a_dry_run_recycle_does_not_create_the_database(cli, tmp_path):
+    result = cli("recycle", "--dry-run")
+    assert (result.code, result.out) == (0, "Nothing to recycle.\n")
+    assert list(tmp_path.glob("cli.db*")) == []
+
+
+@pytest.fixture
+def newer(cli, tmp_path):
+    """A database that a newer poolmgr upgraded to a revision unknown here."""
+    cli("sync")
+    _set_revision(tmp_path / "cli.db", DEAD)
+    return cli
+
+
+def test_db_upgrade_refuses_an_unknown_revision(newer, tmp_path):
+    result = newer("db", "upgrade")
+    assert (result.code, result.out) == (8, "")
+    assert result.err == (
+        f"poolmgr: Database sqlite:///{tmp_path / 'cli.db'} is at schema revision "
+        f"{DEAD}, which this poolmgr (newest revision "
+        f"{_head()}) does not know; was it upgraded by a newer poolmgr? Use that "
+        "version, or restore a backup.\n"
+    )
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert rows == [(DEAD,)], "db upgrade changed the revision"
+
+
+def test_db_status_says_the_revision_is_unknown(newer):
+    result = newer("db", "status")
+    assert result.code == 8
+    assert f"revision: {DEAD}\n" in result.out
+    assert result.out.endswith(
+        "state:    unknown revision (made by a newer poolmgr?)\n"
+    )
+    assert "does not know; was it upgraded by a newer poolmgr?" in result.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("pools",), ("map", "/DC=org/CN=x", "--fqan", "/atlas"), ("db", "check")],
+    ids=["pools", "map", "db-check"],
+)
+def test_other_commands_refuse_an_unknown_revision(newer, args):
+    result = newer(*args)
+    assert (result.code, result.out) == (8, "")
+    assert f"is at schema revision {DEAD}, which this poolmgr" in result.err
+    assert result.err.count("\n") == 1
+
+
+def test_check_is_critical_on_an_unknown_revision(newer):
+    result = newer("check")
+    assert result.code == 2
+    assert result.out.startswith(
+        f"POOLMGR CRITICAL - database is at schema revision {DEAD}, which this poolmgr"
+    )
+
+
+def _head() -> str:
+    return ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()

@@ -1,0 +1,78 @@
+"""Engines: URLs, connection time limits, and what an outage looks like."""
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from poolmgr import db
+from poolmgr.cli import main
+from poolmgr.errors import ConfigError, DatabaseUnavailableError
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose listener accepts connections and never speaks."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def short_connect(monkeypatch: pytest.MonkeyPatch) -> int:
+    # libpq counts anything below 2 seconds as 2.
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT", 2)
+    return 2
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mariadb", "postgresql"])
+def test_a_server_that_accepts_and_stays_silent_fails_in_bounded_time(
+    silent_port, short_connect, scheme
+):
+    engine = db._create_engine(f"{scheme}://poolmgr@127.0.0.1:{silent_port}/poolmgr")
+    start = time.monotonic()
+    try:
+        with pytest.raises(DatabaseUnavailableError, match="is unavailable"):
+            db.ping(engine)
+    finally:
+        engine.dispose()
+    elapsed = time.monotonic() - start
+    assert elapsed < 3 * short_connect, f"gave up only after {elapsed:.1f} s"
+
+
+def test_check_on_a_silent_mariadb_is_critical_in_bounded_time(
+    silent_port, short_connect, capsys
+):
+    url = f"mysql://poolmgr@127.0.0.1:{silent_port}/poolmgr"
+    start = time.monotonic()
+    code = main(["--database", url, "check"])
+    elapsed = time.monotonic() - start
+    out, _ = capsys.readouterr()
+    assert code == 2, out
+    assert out.startswith("POOLMGR CRITICAL - database ")
+    assert elapsed < 3 * short_connect, f"check took {elapsed:.1f} s"
+
+
+def test_a_mariadb_statement_may_outlast_the_connect_timeout(engine, monkeypatch):
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("the read timeout is PyMySQL's")
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT", 1)
+    long = db._create_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with long.connect() as conn:
+            assert conn.execute(text("SELECT SLEEP(1.5)")).scalar() == 0
+    finally:
+        long.dispose()
+
+
+def test_statements_get_ten_minutes_of_server_silence():
+    assert (db.CONNECT_TIMEOUT, db.STATEMENT_SILENCE) == (5, 600)
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "ftp://x/y"], ids=["not-a-url", "foreign-backend"]
+)
+def test_an_engine_for_a_bad_url_is_a_config_error(url):
+    with pytest.raises(ConfigError, match="^Database URL: "):
+        db.get_engine(url)

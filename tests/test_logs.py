@@ -1,0 +1,63 @@
+"""Logging set-up: an unreachable syslog is said once, never silently."""
+
+import logging
+import socket
+
+from poolmgr.logs import setup_logging, syslog_problem
+from poolmgr.settings import SyslogSettings
+
+audit = logging.getLogger("poolmgr.audit")
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("poolmgr: warning")]
+
+
+def test_a_missing_syslog_socket_is_one_warning_for_many_lines(tmp_path, capsys):
+    missing = tmp_path / "no-log"
+    setup_logging(1, SyslogSettings(address=str(missing)))
+    for n in range(3):
+        audit.info("event=test n=%s", n)
+    err = capsys.readouterr().err
+    assert _warnings(err) == [
+        f"poolmgr: warning: syslog {missing} is unreachable (No such file or "
+        "directory); log lines are not sent to syslog, events are still "
+        "recorded in the database."
+    ], f"expected one warning line, got {err!r}"
+    assert err.count("event=test") == 3, "the -v lines still reach stderr"
+
+
+def test_nothing_is_said_before_a_line_is_lost(tmp_path, capsys):
+    setup_logging(0, SyslogSettings(address=str(tmp_path / "no-log")))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_syslog_that_goes_away_is_one_warning(tmp_path, capsys):
+    address = tmp_path / "log"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(address))
+    setup_logging(0, SyslogSettings(address=str(address)))
+    audit.info("event=first")
+    assert receiver.recv(4096).endswith(b"event=first\x00")
+    receiver.close()
+    address.unlink()
+    audit.info("event=second")
+    audit.info("event=third")
+    assert _warnings(capsys.readouterr().err) == [
+        f"poolmgr: warning: syslog {address} stopped accepting lines; log lines "
+        "are not sent to syslog, events are still recorded in the database."
+    ]
+
+
+def test_syslog_problem_names_the_address(tmp_path):
+    address = tmp_path / "log"
+    assert syslog_problem(SyslogSettings(address=str(address))) == (
+        f"syslog {address} is unreachable (No such file or directory)"
+    )
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(address))
+    try:
+        assert syslog_problem(SyslogSettings(address=str(address))) is None
+    finally:
+        receiver.close()
+    assert syslog_problem(SyslogSettings(enabled=False, address="/nowhere")) is None
