@@ -434,6 +434,46 @@ def test_stop_finishes_the_request_in_progress(short_dir):
     assert not path.exists()
 
 
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_stopped_service_leaves_no_descriptor_open(short_dir):
+    path = short_dir / "s.sock"
+    handler = fake_handler()
+    with running(handler, path):
+        pass
+    before = open_descriptors()
+    for _ in range(3):
+        with running(handler, path):
+            assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+    leaked = open_descriptors() - before
+    assert leaked == set(), f"descriptors left open by stopped services: {leaked}"
+
+
+def test_the_service_runs_with_descriptor_numbers_above_1024(short_dir):
+    # select() cannot watch descriptors above FD_SETSIZE; a process holding
+    # many files must still be able to start and stop the service.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit {hard} is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    padding = []
+    try:
+        while not padding or padding[-1] < 1030:
+            padding.append(os.open("/dev/null", os.O_RDONLY))
+        with running(fake_handler(), short_dir / "s.sock") as service:
+            assert service._stop.read_fd > 1024
+            time.sleep(0.2)
+            assert exchange(short_dir / "s.sock", b"PING\n") == [b"OK\tpong\n"]
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @contextmanager
 def serve_process(
     tmp_path: Path, path: Path, *options: str

@@ -46,6 +46,19 @@ class _Stop:
             self.is_set = True
             os.write(self._write_fd, b"x")
 
+    def wait(self) -> None:
+        """Block until set() has been called (poll: any descriptor number)."""
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        while not poller.poll():
+            pass
+
+    def close(self) -> None:
+        """Close the pipe; only once set, so no later set() can write to it."""
+        assert self.is_set, "close() before set()"
+        os.close(self.read_fd)
+        os.close(self._write_fd)
+
 
 class _Connection:
     """Reads request lines from one client and writes the replies."""
@@ -165,7 +178,7 @@ class MappingService:
         with self._lock:
             self._spawn()
         try:
-            select.select([self._stop.read_fd], [], [])
+            self._stop.wait()
         finally:
             self._shutdown()
 
@@ -175,6 +188,9 @@ class MappingService:
 
     def after_fork(self) -> None:
         """Prepare a forked worker process: own stop flag, socket left alone."""
+        # The parent's pipe came along with the fork; nothing here waits on it.
+        self._stop.is_set = True
+        self._stop.close()
         self._stop = _Stop()
         self.owns_socket = False
 
@@ -265,6 +281,8 @@ class MappingService:
 
     def _shutdown(self) -> None:
         assert self._listener is not None
+        # Also when serve_forever failed: accepting threads end on the flag.
+        self._stop.set()
         if self.owns_socket:
             # shutdown() wakes every thread blocked in accept(); close() would
             # not. A forked worker must not: the listening socket is shared,
@@ -279,6 +297,9 @@ class MappingService:
             left = self._busy
         if left:
             logger.warning("service stopped with %d connection(s) still busy", left)
+        else:
+            # Busy threads poll the pipe; with none left it can go.
+            self._stop.close()
         logger.info("service stopped socket=%s", self.path)
 
     def _remove_socket(self) -> None:
