@@ -1,6 +1,7 @@
 """The mapping service on a real Unix socket: protocol, access, robustness."""
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -245,6 +246,36 @@ def test_a_refused_peer_that_writes_late_still_reads_the_refusal(short_dir):
         assert is_closed(conn)
     assert len(reply) == 1, f"expected one refusal, then EOF; got {reply}"
     assert reply[0].startswith(b"ERR\tREFUSED\t")
+
+
+def test_a_refused_peer_trickling_bytes_is_dropped_within_one_second(short_dir):
+    # Each byte arrives just before a per-read timeout would fire, so only
+    # one deadline for the whole refusal bounds how long the thread is held.
+    path = short_dir / "s.sock"
+    nobody_we_know = AccessPolicy(frozenset({4_000_000}))
+    done = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with suppress(OSError):
+            while not done.wait(0.95):
+                conn.sendall(b"x")
+
+    with running(fake_handler(), path, policy=nobody_we_know), connect(path) as conn:
+        started = time.monotonic()
+        sender = threading.Thread(target=trickle, args=(conn,))
+        sender.start()
+        try:
+            assert read_lines(conn, 1)[0].startswith(b"ERR\tREFUSED\t")
+            # EOF came at once (the service shut its side for writing);
+            # POLLHUP only once it has closed the connection.
+            poller = select.poll()
+            poller.register(conn, select.POLLHUP)
+            assert poller.poll(5000), "the service never closed the connection"
+            held = time.monotonic() - started
+        finally:
+            done.set()
+            sender.join()
+    assert held < 1.5, f"a refused peer held its connection for {held:.2f} s"
 
 
 # Requests and replies.

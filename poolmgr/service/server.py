@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 _RECV_SIZE = 65536
 _LISTEN_BACKLOG = 128
 _REFUSED_DRAIN_LIMIT = 65536  # bytes read from a refused peer before closing
+_REFUSED_HOLD = 1.0  # seconds a refused peer may keep its connection
 
 
 class _Stop:
@@ -263,21 +264,18 @@ class MappingService:
     def _refuse_peer(self, conn: socket.socket, peer: Peer) -> None:
         fields = {"code": "REFUSED", "peer_pid": peer.pid, "peer_uid": peer.uid}
         logger.warning("%s", format_fields("service_refused", fields))
-        conn.settimeout(1.0)
+        # One deadline for the whole refusal: a refused peer that keeps its
+        # socket open and trickles bytes holds this thread no longer.
+        deadline = time.monotonic() + _REFUSED_HOLD
         error = PolicyError(f"User id {peer.uid} may not use the mapping service.")
         with suppress(OSError):
+            conn.settimeout(_REFUSED_HOLD)
             conn.sendall(protocol.error_reply(error))
             # Read what the client already sent, or sends next, before
             # closing: closing over unread bytes resets the connection, and
             # a client whose write fails never reads the refusal.
             conn.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
-            drained = 0
-            while drained < _REFUSED_DRAIN_LIMIT and time.monotonic() < deadline:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                drained += len(chunk)
+            _drain(conn, deadline)
 
     def _shutdown(self) -> None:
         assert self._listener is not None
@@ -312,6 +310,20 @@ class MappingService:
             return
         if (info.st_dev, info.st_ino) == self._inode:
             self.path.unlink()
+
+
+def _drain(conn: socket.socket, deadline: float) -> None:
+    """Read and drop the peer's bytes until EOF, the limit or the deadline."""
+    drained = 0
+    while drained < _REFUSED_DRAIN_LIMIT:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        conn.settimeout(left)
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        drained += len(chunk)
 
 
 def _listen(path: Path, gid: int | None) -> socket.socket:
