@@ -6,6 +6,7 @@ domain functions receive the session and never commit.
 """
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,6 +141,8 @@ def _create_engine(url: str) -> Engine:
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"Database URL is not usable: {exc}") from None
     _ping_when_idle(engine)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        _detect_dead_mysql_peers(engine)
     return engine
 
 
@@ -178,12 +181,50 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(str(exc)) from exc
 
 
+DEAD_PEER_SECONDS = 30
+"""How long a server connection may go unanswered by the peer's TCP stack."""
+
+
 def _connect_args(backend: str) -> dict[str, Any]:
     if backend == "postgresql":
-        return {"connect_timeout": 5}
+        # A server that vanished mid-request (network partition, host down)
+        # would otherwise hold the request until the kernel gives up after
+        # about 15 minutes. Keepalives and TCP_USER_TIMEOUT end it within
+        # DEAD_PEER_SECONDS; a server that is merely slow still answers
+        # both at the TCP level and is never cut off.
+        return {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": DEAD_PEER_SECONDS // 3,
+            "keepalives_interval": DEAD_PEER_SECONDS // 6,
+            "keepalives_count": 3,
+            "tcp_user_timeout": DEAD_PEER_SECONDS * 1000,
+        }
     if backend in ("mysql", "mariadb"):
         return {"connect_timeout": 5}
     return {}
+
+
+def _detect_dead_mysql_peers(engine: Engine) -> None:
+    """Give PyMySQL's TCP sockets the dead-peer limits libpq gets above.
+
+    PyMySQL turns keepalives on with the kernel's two-hour idle time and has
+    no option for more; its socket is the connection's ``_sock``.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        sock = getattr(dbapi_connection, "_sock", None)
+        if not isinstance(sock, socket.socket) or sock.family == socket.AF_UNIX:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            (socket.TCP_KEEPIDLE, DEAD_PEER_SECONDS // 3),
+            (socket.TCP_KEEPINTVL, DEAD_PEER_SECONDS // 6),
+            (socket.TCP_KEEPCNT, 3),
+            (socket.TCP_USER_TIMEOUT, DEAD_PEER_SECONDS * 1000),
+        ):
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _create_sqlite_engine(database: str | None) -> Engine:
