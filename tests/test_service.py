@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from poolmgr import db
 from poolmgr.errors import DatabaseUnavailableError, NoLeaseError, PolicyError
 from poolmgr.leases import MapRequest
 from poolmgr.service import (
@@ -401,6 +402,35 @@ def test_a_line_trickling_in_byte_by_byte_is_cut_off_at_the_request_timeout(
                 time.sleep(0.1)
         assert is_closed(slow)
         assert time.monotonic() - started < 1.5
+
+
+def test_a_request_waiting_for_busy_workers_is_refused_not_run_later(short_dir):
+    # One worker, held by a mapping that hangs on the database: a second
+    # request is refused after the slot timeout and never reaches the mapper.
+    path = short_dir / "s.sock"
+    mapper = FakeMapper(delay=1.5)
+    handler = Handler(mapper, workers=1, slot_timeout=0.3)  # type: ignore[arg-type]
+    with running(handler, path), connect(path) as stuck:
+        stuck.sendall(f"MAP\t{JANE}\n".encode())
+        time.sleep(0.1)
+        started = time.monotonic()
+        (refused,) = exchange(path, b"MAP\t/DC=org/CN=Kim Sample\n")
+        waited = time.monotonic() - started
+        assert read_lines(stuck, 1)[0].startswith(b"OK\tatlas001\t")
+    assert refused == (
+        b"ERR\tDB_UNAVAILABLE\tAll 1 mapping workers of the service stayed busy "
+        b"for 0.3 s; the database is slow or not answering.\n"
+    )
+    assert 0.25 < waited < 1.0, f"refused after {waited:.2f} s"
+    assert [r.dn for r in mapper.requests] == [JANE]
+
+
+def test_the_service_bounds_the_wait_for_a_worker_by_the_request_timeout(tmp_path):
+    from poolmgr.service import build_service
+
+    site = make_settings(service={"request_timeout": 2.5, "workers": 3})
+    service = build_service(site, db.get_engine(f"sqlite:///{tmp_path / 'x.db'}"))
+    assert (service.handler._workers, service.handler._slot_timeout) == (3, 2.5)
 
 
 def test_idle_connection_is_closed_after_the_idle_timeout(short_dir):
