@@ -235,6 +235,73 @@ def test_peer_not_allowed_is_refused_on_a_real_socket(short_dir):
     assert reply == [f"ERR\tREFUSED\t{message}\n".encode()]
 
 
+SERVICE_GID = 4343
+OTHER_UID = 4242
+
+
+def ping_as(path: Path, uid: int, gid: int, groups: list[int]) -> bytes:
+    """PING from a forked child with these ids; its reply or its error's name."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (runs in the child; reported through the pipe)
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                    conn.settimeout(5)
+                    conn.connect(str(path))
+                    conn.sendall(b"PING\n")
+                    answer = conn.recv(200)
+            except OSError as exc:
+                answer = type(exc).__name__.encode()
+            os.write(write_end, answer)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child could not take the ids"
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to take other ids")
+@pytest.mark.parametrize(
+    ("gid", "groups", "mode", "answer"),
+    [
+        (OTHER_UID, [SERVICE_GID], None, b"OK\tpong\n"),
+        (SERVICE_GID, [], None, b"OK\tpong\n"),
+        (OTHER_UID, [], None, b"PermissionError"),
+        (
+            OTHER_UID,
+            [],
+            0o666,
+            f"ERR\tREFUSED\tUser id {OTHER_UID} may not use the mapping "
+            "service.\n".encode(),
+        ),
+    ],
+    ids=["supplementary-group", "primary-group", "outsider", "outsider-0666"],
+)
+def test_real_peer_credentials_admit_the_service_group_only(
+    short_dir, gid, groups, mode, answer
+):
+    # The kernel's SO_PEERCRED and SO_PEERGROUPS, not fake peers: the file
+    # mode keeps outsiders out, and the credential check still refuses them
+    # when an admin opened the socket to everybody.
+    short_dir.chmod(0o755)
+    path = short_dir / "s.sock"
+    policy = AccessPolicy(frozenset({0}), SERVICE_GID)
+    with running(fake_handler(), path, policy=policy, gid=SERVICE_GID):
+        if mode is not None:
+            path.chmod(mode)
+        assert ping_as(path, OTHER_UID, gid, groups) == answer
+
+
 def test_a_refused_peer_that_writes_late_still_reads_the_refusal(short_dir):
     # The refusal goes out as soon as the peer connects; a client that sends
     # its request only afterwards must neither fail to write nor be reset.
