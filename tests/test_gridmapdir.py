@@ -651,6 +651,38 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
     assert export(sqlite_engine, target, update=True).times_set == 0
 
 
+def test_update_never_gives_an_account_file_a_third_name(
+    sqlite_engine, tmp_path, monkeypatch
+):
+    # LCMAPS readers fail a person whose account file has more than two
+    # names. José's link wrongly sits on Jane's account and Jane's link is
+    # missing: José's must move before Jane's is made.
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    target = tmp_path / "out"
+    export(sqlite_engine, target)
+    jane = target / (JANE_LEASE + ":atlas")
+    jose = target / "%2fdc%3dorg%2fdc%3dexample%2fcn%3djos%5cxc3%5cxa9:atlas"
+    os.unlink(jane)
+    os.unlink(jose)
+    os.link(target / "atlas001", jose)
+    counts: list[int] = []
+    real_link = os.link
+
+    def counting_link(source, destination):
+        real_link(source, destination)
+        counts.append(os.stat(destination).st_nlink)
+
+    monkeypatch.setattr(os, "link", counting_link)
+
+    result = export(sqlite_engine, target, update=True)
+
+    assert (result.links_replaced, result.links_created) == (1, 1)
+    assert counts and max(counts) == 2, f"link counts during the update: {counts}"
+    assert os.path.samestat(os.stat(jane), os.stat(target / "atlas001"))
+    assert os.path.samestat(os.stat(jose), os.stat(target / "atlas002"))
+
+
 @pytest.mark.parametrize(
     ("link_time", "problem"),
     [
