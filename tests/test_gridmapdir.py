@@ -21,6 +21,7 @@ from poolmgr.gridmapdir import (
     lease_name,
     oneline,
 )
+from poolmgr.gridmapdir import importer as importer_module
 from poolmgr.gridmapdir import scan as scan_module
 from poolmgr.gridmapdir.scan import datetime_to_ns, mtime_to_datetime
 from poolmgr.leases import end_lease
@@ -487,16 +488,28 @@ def test_same_person_twice_in_one_pool_keeps_the_latest_used(sqlite_engine, tmp_
     assert [f.kind for f in plan.findings] == ["conflict"]
 
 
-def test_progress_is_reported_while_reading(sqlite_engine, tmp_path, monkeypatch):
+def test_progress_is_reported_while_reading_checking_and_writing(
+    sqlite_engine, tmp_path, monkeypatch
+):
     monkeypatch.setattr(scan_module, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(importer_module, "PROGRESS_EVERY", 2)
     atlas_pools(sqlite_engine, atlas_site())
-    directory = make_gridmapdir(
-        tmp_path / "g", [f"atlas00{n}" for n in range(1, 6)], {}
-    )
+    accounts = [f"atlas00{n}" for n in range(1, 6)]
+    leases = {f"%2fdc%3dorg%2fcn%3dp{n}": f"atlas00{n}" for n in range(1, 5)}
+    directory = make_gridmapdir(tmp_path / "g", accounts, leases)
     seen: list[tuple[str, int]] = []
     with unit_of_work(sqlite_engine) as session:
         import_gridmapdir(session, directory, progress=lambda *a: seen.append(a))
-    assert seen == [("read", 2), ("read", 4)]
+    assert seen == [
+        ("read", 2),
+        ("read", 4),
+        ("read", 6),
+        ("read", 8),
+        ("checked", 2),
+        ("checked", 4),
+        ("written", 2),
+        ("written", 4),
+    ]
 
 
 # Export.
