@@ -6,6 +6,7 @@ domain functions receive the session and never commit.
 """
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,6 +145,7 @@ def _create_engine(url: str) -> Engine:
     _ping_when_idle(engine)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         _allow_long_statements(engine)
+        _detect_dead_mysql_peers(engine)
     return engine
 
 
@@ -188,11 +190,26 @@ CONNECT_TIMEOUT = 5
 STATEMENT_SILENCE = 600
 """Seconds a MariaDB/MySQL server may send nothing while running a statement."""
 
+DEAD_PEER_SECONDS = 30
+"""How long a server connection may go unanswered by the peer's TCP stack."""
+
 
 def _connect_args(backend: str) -> dict[str, Any]:
     if backend == "postgresql":
         # libpq's connect_timeout bounds the whole start-up, login included.
-        return {"connect_timeout": CONNECT_TIMEOUT}
+        # A server that vanished mid-request (network partition, host down)
+        # would otherwise hold the request until the kernel gives up after
+        # about 15 minutes. Keepalives and TCP_USER_TIMEOUT end it within
+        # DEAD_PEER_SECONDS; a server that is merely slow still answers
+        # both at the TCP level and is never cut off.
+        return {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "keepalives": 1,
+            "keepalives_idle": DEAD_PEER_SECONDS // 3,
+            "keepalives_interval": DEAD_PEER_SECONDS // 6,
+            "keepalives_count": 3,
+            "tcp_user_timeout": DEAD_PEER_SECONDS * 1000,
+        }
     if backend in ("mysql", "mariadb"):
         # PyMySQL's connect_timeout bounds only the TCP connect; reading the
         # server's greeting and the login runs under read_timeout, so a
@@ -245,6 +262,28 @@ def empty_engine() -> Engine:
     engine = _create_sqlite_engine(":memory:")
     migrate.upgrade(engine)
     return engine
+
+
+def _detect_dead_mysql_peers(engine: Engine) -> None:
+    """Give PyMySQL's TCP sockets the dead-peer limits libpq gets above.
+
+    PyMySQL turns keepalives on with the kernel's two-hour idle time and has
+    no option for more; its socket is the connection's ``_sock``.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        sock = getattr(dbapi_connection, "_sock", None)
+        if not isinstance(sock, socket.socket) or sock.family == socket.AF_UNIX:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            (socket.TCP_KEEPIDLE, DEAD_PEER_SECONDS // 3),
+            (socket.TCP_KEEPINTVL, DEAD_PEER_SECONDS // 6),
+            (socket.TCP_KEEPCNT, 3),
+            (socket.TCP_USER_TIMEOUT, DEAD_PEER_SECONDS * 1000),
+        ):
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _create_sqlite_engine(database: str | None) -> Engine:

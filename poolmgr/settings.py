@@ -136,7 +136,9 @@ class ServiceSettings(_Strict):
     one (a single Python process uses about one core, so the default is one
     per CPU this process may run on, at most 8). A connection
     idle for ``idle_timeout`` seconds is closed, and a request line must
-    arrive (and its reply be taken) within ``request_timeout`` seconds.
+    arrive (and its reply be taken) within ``request_timeout`` seconds; a
+    mapping that waits that long for a free worker (the database is slow or
+    hung) is refused with DB_UNAVAILABLE.
     Routing rules changed by sync reach a running service within
     ``router_ttl`` seconds.
     """

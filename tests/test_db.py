@@ -1,4 +1,4 @@
-"""Engines: URLs, connection time limits, and what an outage looks like."""
+"""Engines: URLs, connection time limits, dead-peer limits, and outages."""
 
 import socket
 import time
@@ -10,6 +10,7 @@ from sqlalchemy import text
 from poolmgr import db
 from poolmgr.cli import main
 from poolmgr.errors import ConfigError, DatabaseUnavailableError
+from tests.conftest import BACKENDS, _server_engine
 
 
 @pytest.fixture
@@ -76,3 +77,47 @@ def test_statements_get_ten_minutes_of_server_silence():
 def test_an_engine_for_a_bad_url_is_a_config_error(url):
     with pytest.raises(ConfigError, match="^Database URL: "):
         db.get_engine(url)
+
+
+SERVERS = [backend for backend in BACKENDS if backend != "sqlite"]
+
+
+def _tcp_options(sock: socket.socket) -> dict[str, int]:
+    return {
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    }
+
+
+def _server_socket(raw) -> socket.socket:
+    driver = raw.driver_connection
+    if hasattr(driver, "pgconn"):
+        # A duplicate of libpq's descriptor: the same socket, closed apart.
+        return socket.socket(fileno=socket.dup(driver.pgconn.socket))
+    return driver._sock
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+def test_server_connections_give_up_on_a_vanished_server(backend):
+    # Without these a request that meets a network partition waits about
+    # 15 minutes for the kernel, holding a service worker all that time.
+    engine = _server_engine(backend)
+    raw = engine.raw_connection()
+    try:
+        sock = _server_socket(raw)
+        options = _tcp_options(sock)
+        if hasattr(raw.driver_connection, "pgconn"):
+            sock.close()
+    finally:
+        raw.close()
+    limit = db.DEAD_PEER_SECONDS
+    assert options == {
+        "keepalive": 1,
+        "idle": limit // 3,
+        "interval": limit // 6,
+        "count": 3,
+        "user_timeout": limit * 1000,
+    }, f"{engine.dialect.name} connection lacks the dead-peer limits"

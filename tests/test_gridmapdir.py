@@ -22,6 +22,7 @@ from poolmgr.gridmapdir import (
     lease_name,
     oneline,
 )
+from poolmgr.gridmapdir import importer as importer_module
 from poolmgr.gridmapdir import scan as scan_module
 from poolmgr.gridmapdir.importer import Finding
 from poolmgr.gridmapdir.scan import datetime_to_ns, mtime_to_datetime
@@ -490,16 +491,28 @@ def test_same_person_twice_in_one_pool_keeps_the_latest_used(sqlite_engine, tmp_
     assert [f.kind for f in plan.findings] == ["conflict"]
 
 
-def test_progress_is_reported_while_reading(sqlite_engine, tmp_path, monkeypatch):
+def test_progress_is_reported_while_reading_checking_and_writing(
+    sqlite_engine, tmp_path, monkeypatch
+):
     monkeypatch.setattr(scan_module, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(importer_module, "PROGRESS_EVERY", 2)
     atlas_pools(sqlite_engine, atlas_site())
-    directory = make_gridmapdir(
-        tmp_path / "g", [f"atlas00{n}" for n in range(1, 6)], {}
-    )
+    accounts = [f"atlas00{n}" for n in range(1, 6)]
+    leases = {f"%2fdc%3dorg%2fcn%3dp{n}": f"atlas00{n}" for n in range(1, 5)}
+    directory = make_gridmapdir(tmp_path / "g", accounts, leases)
     seen: list[tuple[str, int]] = []
     with unit_of_work(sqlite_engine) as session:
         import_gridmapdir(session, directory, progress=lambda *a: seen.append(a))
-    assert seen == [("read", 2), ("read", 4)]
+    assert seen == [
+        ("read", 2),
+        ("read", 4),
+        ("read", 6),
+        ("read", 8),
+        ("checked", 2),
+        ("checked", 4),
+        ("written", 2),
+        ("written", 4),
+    ]
 
 
 # Export.
@@ -695,6 +708,38 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
     assert os.stat(target / "atlas002").st_mtime_ns == datetime_to_ns(MAY_1)
     assert (target / "unrelated").read_text() == "x"
     assert export(sqlite_engine, target, update=True).times_set == 0
+
+
+def test_update_never_gives_an_account_file_a_third_name(
+    sqlite_engine, tmp_path, monkeypatch
+):
+    # LCMAPS readers fail a person whose account file has more than two
+    # names. José's link wrongly sits on Jane's account and Jane's link is
+    # missing: José's must move before Jane's is made.
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    target = tmp_path / "out"
+    export(sqlite_engine, target)
+    jane = target / (JANE_LEASE + ":atlas")
+    jose = target / "%2fdc%3dorg%2fdc%3dexample%2fcn%3djos%5cxc3%5cxa9:atlas"
+    os.unlink(jane)
+    os.unlink(jose)
+    os.link(target / "atlas001", jose)
+    counts: list[int] = []
+    real_link = os.link
+
+    def counting_link(source, destination):
+        real_link(source, destination)
+        counts.append(os.stat(destination).st_nlink)
+
+    monkeypatch.setattr(os, "link", counting_link)
+
+    result = export(sqlite_engine, target, update=True)
+
+    assert (result.links_replaced, result.links_created) == (1, 1)
+    assert counts and max(counts) == 2, f"link counts during the update: {counts}"
+    assert os.path.samestat(os.stat(jane), os.stat(target / "atlas001"))
+    assert os.path.samestat(os.stat(jose), os.stat(target / "atlas002"))
 
 
 @pytest.mark.parametrize(

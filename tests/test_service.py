@@ -1,6 +1,7 @@
 """The mapping service on a real Unix socket: protocol, access, robustness."""
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from poolmgr import db
 from poolmgr.errors import DatabaseUnavailableError, NoLeaseError, PolicyError
 from poolmgr.leases import MapRequest
 from poolmgr.service import (
@@ -233,6 +235,73 @@ def test_peer_not_allowed_is_refused_on_a_real_socket(short_dir):
     assert reply == [f"ERR\tREFUSED\t{message}\n".encode()]
 
 
+SERVICE_GID = 4343
+OTHER_UID = 4242
+
+
+def ping_as(path: Path, uid: int, gid: int, groups: list[int]) -> bytes:
+    """PING from a forked child with these ids; its reply or its error's name."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (runs in the child; reported through the pipe)
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                    conn.settimeout(5)
+                    conn.connect(str(path))
+                    conn.sendall(b"PING\n")
+                    answer = conn.recv(200)
+            except OSError as exc:
+                answer = type(exc).__name__.encode()
+            os.write(write_end, answer)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child could not take the ids"
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to take other ids")
+@pytest.mark.parametrize(
+    ("gid", "groups", "mode", "answer"),
+    [
+        (OTHER_UID, [SERVICE_GID], None, b"OK\tpong\n"),
+        (SERVICE_GID, [], None, b"OK\tpong\n"),
+        (OTHER_UID, [], None, b"PermissionError"),
+        (
+            OTHER_UID,
+            [],
+            0o666,
+            f"ERR\tREFUSED\tUser id {OTHER_UID} may not use the mapping "
+            "service.\n".encode(),
+        ),
+    ],
+    ids=["supplementary-group", "primary-group", "outsider", "outsider-0666"],
+)
+def test_real_peer_credentials_admit_the_service_group_only(
+    short_dir, gid, groups, mode, answer
+):
+    # The kernel's SO_PEERCRED and SO_PEERGROUPS, not fake peers: the file
+    # mode keeps outsiders out, and the credential check still refuses them
+    # when an admin opened the socket to everybody.
+    short_dir.chmod(0o755)
+    path = short_dir / "s.sock"
+    policy = AccessPolicy(frozenset({0}), SERVICE_GID)
+    with running(fake_handler(), path, policy=policy, gid=SERVICE_GID):
+        if mode is not None:
+            path.chmod(mode)
+        assert ping_as(path, OTHER_UID, gid, groups) == answer
+
+
 def test_a_refused_peer_that_writes_late_still_reads_the_refusal(short_dir):
     # The refusal goes out as soon as the peer connects; a client that sends
     # its request only afterwards must neither fail to write nor be reset.
@@ -245,6 +314,36 @@ def test_a_refused_peer_that_writes_late_still_reads_the_refusal(short_dir):
         assert is_closed(conn)
     assert len(reply) == 1, f"expected one refusal, then EOF; got {reply}"
     assert reply[0].startswith(b"ERR\tREFUSED\t")
+
+
+def test_a_refused_peer_trickling_bytes_is_dropped_within_one_second(short_dir):
+    # Each byte arrives just before a per-read timeout would fire, so only
+    # one deadline for the whole refusal bounds how long the thread is held.
+    path = short_dir / "s.sock"
+    nobody_we_know = AccessPolicy(frozenset({4_000_000}))
+    done = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with suppress(OSError):
+            while not done.wait(0.95):
+                conn.sendall(b"x")
+
+    with running(fake_handler(), path, policy=nobody_we_know), connect(path) as conn:
+        started = time.monotonic()
+        sender = threading.Thread(target=trickle, args=(conn,))
+        sender.start()
+        try:
+            assert read_lines(conn, 1)[0].startswith(b"ERR\tREFUSED\t")
+            # EOF came at once (the service shut its side for writing);
+            # POLLHUP only once it has closed the connection.
+            poller = select.poll()
+            poller.register(conn, select.POLLHUP)
+            assert poller.poll(5000), "the service never closed the connection"
+            held = time.monotonic() - started
+        finally:
+            done.set()
+            sender.join()
+    assert held < 1.5, f"a refused peer held its connection for {held:.2f} s"
 
 
 # Requests and replies.
@@ -372,6 +471,35 @@ def test_a_line_trickling_in_byte_by_byte_is_cut_off_at_the_request_timeout(
         assert time.monotonic() - started < 1.5
 
 
+def test_a_request_waiting_for_busy_workers_is_refused_not_run_later(short_dir):
+    # One worker, held by a mapping that hangs on the database: a second
+    # request is refused after the slot timeout and never reaches the mapper.
+    path = short_dir / "s.sock"
+    mapper = FakeMapper(delay=1.5)
+    handler = Handler(mapper, workers=1, slot_timeout=0.3)  # type: ignore[arg-type]
+    with running(handler, path), connect(path) as stuck:
+        stuck.sendall(f"MAP\t{JANE}\n".encode())
+        time.sleep(0.1)
+        started = time.monotonic()
+        (refused,) = exchange(path, b"MAP\t/DC=org/CN=Kim Sample\n")
+        waited = time.monotonic() - started
+        assert read_lines(stuck, 1)[0].startswith(b"OK\tatlas001\t")
+    assert refused == (
+        b"ERR\tDB_UNAVAILABLE\tAll 1 mapping workers of the service stayed busy "
+        b"for 0.3 s; the database is slow or not answering.\n"
+    )
+    assert 0.25 < waited < 1.0, f"refused after {waited:.2f} s"
+    assert [r.dn for r in mapper.requests] == [JANE]
+
+
+def test_the_service_bounds_the_wait_for_a_worker_by_the_request_timeout(tmp_path):
+    from poolmgr.service import build_service
+
+    site = make_settings(service={"request_timeout": 2.5, "workers": 3})
+    service = build_service(site, db.get_engine(f"sqlite:///{tmp_path / 'x.db'}"))
+    assert (service.handler._workers, service.handler._slot_timeout) == (3, 2.5)
+
+
 def test_idle_connection_is_closed_after_the_idle_timeout(short_dir):
     path = short_dir / "s.sock"
     with running(fake_handler(), path, idle_timeout=0.3), connect(path) as idle:
@@ -432,6 +560,46 @@ def test_stop_finishes_the_request_in_progress(short_dir):
         assert idle.recv(100) == b""
     service_ctx.__exit__(None, None, None)
     assert not path.exists()
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_stopped_service_leaves_no_descriptor_open(short_dir):
+    path = short_dir / "s.sock"
+    handler = fake_handler()
+    with running(handler, path):
+        pass
+    before = open_descriptors()
+    for _ in range(3):
+        with running(handler, path):
+            assert exchange(path, b"PING\n") == [b"OK\tpong\n"]
+    leaked = open_descriptors() - before
+    assert leaked == set(), f"descriptors left open by stopped services: {leaked}"
+
+
+def test_the_service_runs_with_descriptor_numbers_above_1024(short_dir):
+    # select() cannot watch descriptors above FD_SETSIZE; a process holding
+    # many files must still be able to start and stop the service.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit {hard} is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    padding = []
+    try:
+        while not padding or padding[-1] < 1030:
+            padding.append(os.open("/dev/null", os.O_RDONLY))
+        with running(fake_handler(), short_dir / "s.sock") as service:
+            assert service._stop.read_fd > 1024
+            time.sleep(0.2)
+            assert exchange(short_dir / "s.sock", b"PING\n") == [b"OK\tpong\n"]
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextmanager

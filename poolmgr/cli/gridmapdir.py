@@ -64,9 +64,15 @@ def import_command(
     _print_plan(plan, dry_run)
 
 
+_PHASES = {
+    "read": "entries read",
+    "checked": "leases checked",
+    "written": "leases written",
+}
+
+
 def _progress(phase: str, count: int) -> None:
-    what = "entries read" if phase == "read" else "leases written"
-    typer.echo(f"{count} {what}", err=True)
+    typer.echo(f"{count} {_PHASES[phase]}", err=True)
 
 
 def _plan_json(plan: ImportPlan, dry_run: bool) -> dict[str, object]:

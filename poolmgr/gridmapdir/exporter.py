@@ -312,7 +312,12 @@ def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
         if inode.key in accounts.values() or inode.nlink == 1:
             (directory / name).unlink()
             result.links_removed += 1
-    for link in plan.links.values():
+    # Links that move come before new ones: a new link may go to the account
+    # a moving one still sits on, and LCMAPS fails an account with 3 names.
+    moving_first = sorted(
+        plan.links.values(), key=lambda link: link.name not in present
+    )
+    for link in moving_first:
         _ensure_link(directory, link, accounts, present, result)
     after = scan_gridmapdir(directory)
     mtimes = {

@@ -121,7 +121,7 @@ def plan_import(
     for inode in scan.inodes:
         candidates += _classify(inode, accounts, plan)
     decoded = _decode(candidates, plan)
-    _resolve(session, _latest_per_person(decoded, plan), plan, quiet)
+    _resolve(session, _latest_per_person(decoded, plan), plan, quiet, progress)
     plan.unknown_accounts.sort()
     plan.leases.sort(key=lambda lease: lease.name)
     return plan
@@ -222,9 +222,13 @@ def _resolve(
     decoded: list[tuple[DecodedName, bytes, _Account, Inode]],
     plan: ImportPlan,
     quiet: Duration,
+    progress: Progress | None = None,
 ) -> None:
     by_account, by_person = _open_leases(session)
-    for result, name, account, inode in decoded:
+    for done, (result, name, account, inode) in enumerate(decoded, start=1):
+        # Checking a new lease against the account's history is one query.
+        if progress is not None and done % PROGRESS_EVERY == 0:
+            progress("checked", done)
         digest = key_hash(X509, result.dn.key)
         held = by_account.get(account.id)
         other = by_person.get((digest, account.pool_id))

@@ -19,7 +19,10 @@ The wire format is in poolmgr/protocol.py. Design:
   proxy`` are still stripped.
 - Database outages: each request is its own transaction, so a request that
   meets a dead database fails with DB_UNAVAILABLE and leaves nothing behind;
-  the first request after the database is back succeeds.
+  the first request after the database is back succeeds. A request that
+  waits ``service.request_timeout`` for a worker is refused the same way,
+  and a vanished server is given up after 30 s (db.py), so a hung database
+  cannot pile up requests to run once it answers again.
 - SIGTERM or SIGINT: stop accepting, let requests in progress finish (at
   most ``service.shutdown_timeout`` seconds), remove the socket, exit 0.
 """

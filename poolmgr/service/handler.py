@@ -3,9 +3,11 @@
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from poolmgr import protocol
-from poolmgr.errors import PoolmgrError
+from poolmgr.errors import DatabaseUnavailableError, PoolmgrError
 from poolmgr.events import format_fields
 from poolmgr.leases import Mapper, MapRequest
 from poolmgr.service.access import Peer
@@ -16,9 +18,13 @@ logger = logging.getLogger(__name__)
 class Handler:
     """Turns one request line into one reply line; shared by all threads."""
 
-    def __init__(self, mapper: Mapper, workers: int) -> None:
+    def __init__(
+        self, mapper: Mapper, workers: int, slot_timeout: float | None = None
+    ) -> None:
         self.mapper = mapper
+        self._workers = workers
         self._slots = threading.BoundedSemaphore(workers)
+        self._slot_timeout = slot_timeout
 
     def reply(self, line: bytes, peer: Peer | None = None) -> bytes:
         """Return the reply to line; never raises."""
@@ -44,7 +50,7 @@ class Handler:
             dn=request.dn, fqans=request.fqans, issuer=request.dn, verify=verify
         )
         start = time.perf_counter()
-        with self._slots:
+        with self._slot():
             mapping = self.mapper.map(query)
         if logger.isEnabledFor(logging.DEBUG):
             fields = {
@@ -65,6 +71,25 @@ class Handler:
             mapping.secondary_gids,
             mapping.lease_key,
         )
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of the mapping slots; give up after slot_timeout seconds.
+
+        Mappings only wait on the database, so slots that stay taken mean a
+        slow or hung database; a request that waited that long is refused
+        rather than run later for a client that has given up by then.
+        """
+        if not self._slots.acquire(timeout=self._slot_timeout):
+            raise DatabaseUnavailableError(
+                f"All {self._workers} mapping workers of the service stayed busy "
+                f"for {self._slot_timeout:g} s; the database is slow or not "
+                "answering."
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 def _log_refusal(exc: PoolmgrError, line: bytes, peer: Peer | None) -> None:

@@ -39,7 +39,8 @@ def build_service(settings: Settings, engine: Engine) -> MappingService:
     options = settings.service
     policy = access_policy(options.group)
     mapper = Mapper(engine, settings, router_ttl=options.router_ttl)
-    return MappingService(Handler(mapper, options.workers), options, policy, policy.gid)
+    handler = Handler(mapper, options.workers, options.request_timeout)
+    return MappingService(handler, options, policy, policy.gid)
 
 
 def serve(settings: Settings, engine: Engine) -> None:

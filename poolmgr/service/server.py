@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 _RECV_SIZE = 65536
 _LISTEN_BACKLOG = 128
 _REFUSED_DRAIN_LIMIT = 65536  # bytes read from a refused peer before closing
+_REFUSED_HOLD = 1.0  # seconds a refused peer may keep its connection
 
 
 class _Stop:
@@ -45,6 +46,19 @@ class _Stop:
         if not self.is_set:
             self.is_set = True
             os.write(self._write_fd, b"x")
+
+    def wait(self) -> None:
+        """Block until set() has been called (poll: any descriptor number)."""
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        while not poller.poll():
+            pass
+
+    def close(self) -> None:
+        """Close the pipe; only once set, so no later set() can write to it."""
+        assert self.is_set, "close() before set()"
+        os.close(self.read_fd)
+        os.close(self._write_fd)
 
 
 class _Connection:
@@ -165,7 +179,7 @@ class MappingService:
         with self._lock:
             self._spawn()
         try:
-            select.select([self._stop.read_fd], [], [])
+            self._stop.wait()
         finally:
             self._shutdown()
 
@@ -175,6 +189,9 @@ class MappingService:
 
     def after_fork(self) -> None:
         """Prepare a forked worker process: own stop flag, socket left alone."""
+        # The parent's pipe came along with the fork; nothing here waits on it.
+        self._stop.is_set = True
+        self._stop.close()
         self._stop = _Stop()
         self.owns_socket = False
 
@@ -247,24 +264,23 @@ class MappingService:
     def _refuse_peer(self, conn: socket.socket, peer: Peer) -> None:
         fields = {"code": "REFUSED", "peer_pid": peer.pid, "peer_uid": peer.uid}
         logger.warning("%s", format_fields("service_refused", fields))
-        conn.settimeout(1.0)
+        # One deadline for the whole refusal: a refused peer that keeps its
+        # socket open and trickles bytes holds this thread no longer.
+        deadline = time.monotonic() + _REFUSED_HOLD
         error = PolicyError(f"User id {peer.uid} may not use the mapping service.")
         with suppress(OSError):
+            conn.settimeout(_REFUSED_HOLD)
             conn.sendall(protocol.error_reply(error))
             # Read what the client already sent, or sends next, before
             # closing: closing over unread bytes resets the connection, and
             # a client whose write fails never reads the refusal.
             conn.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
-            drained = 0
-            while drained < _REFUSED_DRAIN_LIMIT and time.monotonic() < deadline:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                drained += len(chunk)
+            _drain(conn, deadline)
 
     def _shutdown(self) -> None:
         assert self._listener is not None
+        # Also when serve_forever failed: accepting threads end on the flag.
+        self._stop.set()
         if self.owns_socket:
             # shutdown() wakes every thread blocked in accept(); close() would
             # not. A forked worker must not: the listening socket is shared,
@@ -279,6 +295,9 @@ class MappingService:
             left = self._busy
         if left:
             logger.warning("service stopped with %d connection(s) still busy", left)
+        else:
+            # Busy threads poll the pipe; with none left it can go.
+            self._stop.close()
         logger.info("service stopped socket=%s", self.path)
 
     def _remove_socket(self) -> None:
@@ -291,6 +310,20 @@ class MappingService:
             return
         if (info.st_dev, info.st_ino) == self._inode:
             self.path.unlink()
+
+
+def _drain(conn: socket.socket, deadline: float) -> None:
+    """Read and drop the peer's bytes until EOF, the limit or the deadline."""
+    drained = 0
+    while drained < _REFUSED_DRAIN_LIMIT:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        conn.settimeout(left)
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        drained += len(chunk)
 
 
 def _listen(path: Path, gid: int | None) -> socket.socket:

@@ -101,3 +101,22 @@ def test_export_errors_have_their_exit_codes(cli, tmp_path):
     )
     mode = cli("gridmapdir", "export", "--suffix", "odd", str(tmp_path / "new"))
     assert mode.code == 2 and "Unknown suffix mode 'odd'" in mode.err
+
+
+def test_import_progress_goes_to_stderr_phase_by_phase(cli, tmp_path, monkeypatch):
+    from poolmgr.gridmapdir import importer, scan
+
+    monkeypatch.setattr(scan, "PROGRESS_EVERY", 4)
+    monkeypatch.setattr(importer, "PROGRESS_EVERY", 1)
+    cli("sync")
+    source = make_gridmapdir(tmp_path / "g", {JANE: "atlas002"})
+
+    result = cli("gridmapdir", "import", "--progress", str(source))
+
+    assert result.code == 0, result.err
+    assert result.err.splitlines() == [
+        "4 entries read",
+        "1 leases checked",
+        "1 leases written",
+    ]
+    assert result.out.startswith(f"{source}: 6 entries; imported 1 lease(s)")
