@@ -6,6 +6,7 @@ domain functions receive the session and never commit.
 """
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,11 +111,16 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
+# user:password@ in a URL that did not parse, so that no message repeats it.
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
 def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"Database URL {url[:120]!r} is not a valid URL.") from None
+    except (ArgumentError, ValueError):
+        shown = _PASSWORD.sub(r"\1***@", url[:120])
+        raise ConfigError(f"Database URL {shown!r} is not a valid URL.") from None
     if parsed.get_backend_name() == "sqlite":
         return _create_sqlite_engine(parsed.database)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

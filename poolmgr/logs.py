@@ -57,15 +57,17 @@ def _syslog_handler(settings: SyslogSettings) -> logging.Handler | None:
     facility = _FACILITIES.get(settings.facility.lower())
     if facility is None:
         raise ValueError(f"unknown syslog facility {settings.facility!r}")
-    address: str | tuple[str, int] = settings.address
-    if not settings.address.startswith("/"):
-        host, _, port = settings.address.rpartition(":")
-        address = (host, int(port or 514))
-    elif not os.path.exists(settings.address):
+    server = settings.server()
+    if server is None and not os.path.exists(settings.address):
         return None
     try:
+        # A local socket may be a datagram or a stream socket (rsyslog and
+        # journald use datagrams, some syslog-ng set-ups a stream): without
+        # a socktype the handler tries both. A server takes UDP.
         handler = logging.handlers.SysLogHandler(
-            address=address, facility=facility, socktype=socket.SOCK_DGRAM
+            address=server or settings.address,
+            facility=facility,
+            socktype=socket.SOCK_DGRAM if server else None,
         )
     except OSError:
         return None

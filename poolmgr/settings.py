@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from poolmgr.errors import ConfigError, PoolmgrError
 from poolmgr.timeutil import Duration
@@ -34,6 +36,21 @@ def default_state_dir() -> Path:
 def default_database_url() -> str:
     """Return the URL of the embedded SQLite database in the state directory."""
     return f"sqlite:///{default_state_dir() / 'poolmgr.db'}"
+
+
+def check_database_url(value: str) -> str:
+    """Return value if SQLAlchemy can parse it as a URL; else ValueError.
+
+    The URL may carry a password, so the message never repeats it.
+    """
+    try:
+        make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a database URL; write e.g. postgresql://user@host:5432/poolmgr "
+            "or sqlite:////var/lib/poolmgr/poolmgr.db"
+        ) from None
+    return value
 
 
 def _positive_duration(value: str, what: str) -> str:
@@ -126,7 +143,12 @@ class ServiceSettings(_Strict):
 
 
 class SyslogSettings(_Strict):
-    """Where state changes and mapping decisions are logged."""
+    """Where state changes and mapping decisions are logged.
+
+    ``address`` is the path of a local syslog socket (datagram or stream),
+    or ``host``, ``host:port`` or ``[ipv6]:port`` of a syslog server that
+    takes UDP (port 514 when none is given).
+    """
 
     enabled: bool = True
     facility: str = "authpriv"
@@ -138,6 +160,39 @@ class SyslogSettings(_Strict):
         if value.lower() not in SysLogHandler.facility_names:
             raise ValueError(f"unknown syslog facility {value[:40]!r}")
         return value.lower()
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if value.startswith("/") and value.isprintable():
+            return value
+        if syslog_server(value) is None:
+            raise ValueError(
+                f"{value[:80]!r} is neither an absolute socket path nor "
+                "host[:port] with a port from 1 to 65535"
+            )
+        return value
+
+    def server(self) -> tuple[str, int] | None:
+        """Return (host, port) of a remote syslog server, None for a socket."""
+        return None if self.address.startswith("/") else syslog_server(self.address)
+
+
+_SERVER = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))"
+    r"(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def syslog_server(address: str) -> tuple[str, int] | None:
+    """Return (host, port) for 'host', 'host:port' or '[v6]:port'; else None."""
+    match = _SERVER.match(address)
+    if match is None:
+        return None
+    port = int(match["port"] or 514)
+    if not 1 <= port <= 65535:
+        return None
+    return match["v6"] or match["host"], port
 
 
 class BanSourceSettings(_Strict):
@@ -199,6 +254,11 @@ class Settings(_Strict):
     def _check_quiet_period(cls, value: str) -> str:
         return _positive_duration(value, "the quiet period")
 
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str | None) -> str | None:
+        return None if value is None else check_database_url(value)
+
     @field_validator("ban_sources")
     @classmethod
     def _check_source_names(
@@ -232,8 +292,13 @@ def load_settings(config: Path | None = None, database: str | None = None) -> Se
     """Read the site configuration; raise ConfigError naming file and key."""
     path, explicit = _config_path(config)
     data = _read_yaml(path) if (explicit or path.exists()) else {}
-    if database or os.environ.get("POOLMGR_DATABASE_URL"):
-        data["database"] = database or os.environ["POOLMGR_DATABASE_URL"]
+    override = database or os.environ.get("POOLMGR_DATABASE_URL")
+    if override:
+        try:
+            data["database"] = check_database_url(override)
+        except ValueError as exc:
+            where = "--database" if database else "POOLMGR_DATABASE_URL"
+            raise ConfigError(f"{where}: {exc}") from None
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -92,3 +92,17 @@ def test_check_help_documents_the_nagios_codes(cli):
     result = cli("check", "--help")
     text = " ".join(result.out.split())
     assert "0 OK, 1 WARNING, 2 CRITICAL" in text and "3 UNKNOWN" in text
+
+
+def test_a_database_url_that_does_not_parse_is_unknown_in_one_line(capsys):
+    code = main(["--database", "postgresql://u:SECRET@db:port/poolmgr", "check"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (3, "")
+    assert (
+        out
+        == "POOLMGR UNKNOWN - configuration: --database: not a database URL; "
+        + (
+            "write e.g. postgresql://user@host:5432/poolmgr or "
+            "sqlite:////var/lib/poolmgr/poolmgr.db\n"
+        )
+    )
