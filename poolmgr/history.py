@@ -190,7 +190,8 @@ def parse_zone(name: str | None) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name too long for a file name, or one naming a directory.
         raise BadInputError(
             f"Time zone {name[:64]!r} is not known; give an IANA name such as "
             "Europe/Zurich."
