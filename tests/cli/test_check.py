@@ -29,8 +29,12 @@ def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
         "OK pools",
         "OK nss",
         "OK accounts",
+        "OK invariants",
         "OK bans",
     ]
+    assert lines[0].endswith(
+        " | 'atlas'=3;1:;1:;0;3 'atlasprd'=2;1:;1:;0;2 'invariant_violations'=0;;0;0"
+    ), "performance data: available accounts per pool, then invariant violations"
 
 
 @pytest.mark.parametrize(
