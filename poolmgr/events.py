@@ -22,6 +22,10 @@ audit_logger = logging.getLogger("poolmgr.audit")
 _PENDING = "poolmgr_pending_log"
 _COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
 _INSERT = insert(Event)
+# Syslog priority by kind: what an operator should look at goes at warning
+# (an override of the quiet period, an account a cleanup left out of
+# service); every other state change at info.
+_LEVELS = {"override": logging.WARNING, "cleanup_failed": logging.WARNING}
 
 
 def record(
@@ -42,7 +46,7 @@ def record(
         details=json.dumps(details, default=str) if details else None,
     )
     session.connection().execute(_INSERT, row)
-    queue_log(session, logging.INFO, kind, **columns, **details)
+    queue_log(session, _LEVELS.get(kind, logging.INFO), kind, **columns, **details)
 
 
 def queue_log(session: Session, level: int, kind: str, **fields: Any) -> None:

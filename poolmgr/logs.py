@@ -2,7 +2,8 @@
 
 Only this module attaches handlers. Every module logs through
 ``logging.getLogger(__name__)``; state changes go through poolmgr.audit at
-INFO (syslog priority info), routine mapping decisions at DEBUG.
+INFO (syslog priority info; overrides and failed cleanups at warning),
+routine mapping decisions at DEBUG.
 """
 
 import logging

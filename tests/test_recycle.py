@@ -639,7 +639,7 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
         f"<87>poolmgr[{pid}]: event=use account=atlas001 dn={dn} lease_id=1\x00"
     ).encode() in received, "a use is routine: debug priority"
     assert (
-        f"<86>poolmgr[{pid}]: event=override actor=admin1 pool=atlas "
+        f"<84>poolmgr[{pid}]: event=override actor=admin1 pool=atlas "
         f'account=atlas001 dn={dn} lease_id=1 reason="{REASON}" '
         "last_use=2025-01-20T00:00:00Z quiet_until=2025-07-22T00:00:00Z\x00"
     ).encode() in received
@@ -648,10 +648,13 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
         f"account=atlas001 dn={dn} lease_id=1 last_use=2025-01-20T00:00:00Z "
         "end_reason=override\x00"
     ).encode() in received
-    infos = [line for line in received if line.startswith(b"<86>")]
-    kinds = [line.split(b"event=")[1].split(b" ")[0].decode() for line in infos]
+    changes = [line for line in received if line[:4] in (b"<86>", b"<84>")]
+    kinds = [line.split(b"event=")[1].split(b" ")[0].decode() for line in changes]
     assert kinds == ["lease_started", "override", "lease_ended", "recycled"]
     assert event_kinds(sqlite_engine)[-4:] == kinds, "the same events are rows"
+    assert [line[:4] for line in changes] == [b"<86>", b"<84>", b"<86>", b"<86>"], (
+        "an override goes at warning priority, the other changes at info"
+    )
 
 
 def _drain(receiver: socket.socket) -> list[bytes]:
