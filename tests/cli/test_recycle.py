@@ -138,8 +138,8 @@ def test_in_use_refuses_an_override_unless_ignored(cli, configure):
     refused = cli("recycle", "--force", "atlas001", "--reason", REASON)
     assert refused.code == 12
     assert refused.err == (
-        "poolmgr: Account 'atlas001' is in use (in use); add --ignore-in-use "
-        "to recycle it anyway.\n"
+        "poolmgr: Account 'atlas001' counts as in use (the in-use check says so); "
+        "add --ignore-in-use to recycle it anyway.\n"
     )
     assert lease_of(cli, "atlas001")["ended_at"] is None
 
@@ -148,6 +148,20 @@ def test_in_use_refuses_an_override_unless_ignored(cli, configure):
     )
     assert forced.code == 0
     assert lease_of(cli, "atlas001")["end_reason"] == "override"
+
+
+def test_a_failing_in_use_check_refuses_an_override_and_says_why(cli, configure):
+    sh = shutil.which("sh")
+    configure(f"recycle:\n  in_use_command: [{sh}, -c, 'echo no ps; exit 3']\n")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+    failed = cli("recycle", "--force", "atlas001", "--reason", REASON)
+    assert (failed.code, failed.out) == (12, "")
+    assert failed.err == (
+        "poolmgr: Account 'atlas001' counts as in use (in-use check failed: exit "
+        "status 3: no ps); add --ignore-in-use to recycle it anyway.\n"
+    )
+    assert lease_of(cli, "atlas001")["ended_at"] is None
 
 
 def test_periodic_recycle_postpones_accounts_in_use(cli, configure):
