@@ -5,12 +5,14 @@ import pwd
 import re
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
 
 from poolmgr.site_commands import run_command
+from tests.factories import at
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -346,3 +348,56 @@ def test_example_cleanup_dry_run_under_poolmgr_prints_its_plan(areas, searched):
             f"cleanup-account: nobody (uid {uid}, lease 7) cleaned",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("quiet", "last_use", "due"),
+    [
+        pytest.param(
+            "6 months", "2024-08-31T10:00:00Z", "2025-02-28T10:00:00Z", id="month-end"
+        ),
+        pytest.param(
+            "6 months", "2023-08-31T10:00:00Z", "2024-02-29T10:00:00Z", id="leap-feb"
+        ),
+        pytest.param(
+            "183 days", "2024-01-01T00:00:00Z", "2024-07-02T00:00:00Z", id="days-leap"
+        ),
+        pytest.param(
+            "1 year", "2024-02-29T08:00:00Z", "2025-02-28T08:00:00Z", id="leap-day"
+        ),
+    ],
+)
+def test_the_nightly_run_recycles_exactly_at_the_boundary(
+    cli, configure, quiet, last_use, due
+):
+    configure(f"quiet_period: {quiet}\n")
+    cli("sync")
+    with freeze_time(last_use):
+        assert cli("map", JANE, "--fqan", "/atlas").out == "atlas001\n"
+    with freeze_time(at(due) - timedelta(seconds=1)):
+        for args in (["recycle", "--dry-run"], ["recycle"]):
+            result = cli(*args)
+            assert (result.code, result.out) == (0, "Nothing to recycle.\n"), args
+    with freeze_time(due):
+        plan = cli("recycle", "--dry-run")
+        assert plan.out.startswith("would_recycle account=atlas001 pool=atlas lease=1")
+        assert plan.out.endswith(f'note="due {due}"\n')
+        done = cli("recycle")
+        assert (done.code, done.err) == (0, "")
+        assert done.out.startswith("recycled account=atlas001 pool=atlas lease=1 ")
+    ended = lease_of(cli, "atlas001")
+    assert (ended["ended_at"], ended["last_used_at"]) == (due, last_use)
+
+
+def test_a_last_use_from_a_fast_clock_is_never_old(cli, configure):
+    configure("quiet_period: 1 hour\n")
+    cli("sync")
+    with freeze_time("2025-03-03T00:00:00Z"):
+        cli("map", JANE, "--fqan", "/atlas")
+    with freeze_time("2025-03-01T00:00:00Z"):
+        assert cli("recycle").out == "Nothing to recycle.\n"
+        assert cli("recycle", "--dry-run").out == "Nothing to recycle.\n"
+    with freeze_time("2025-03-03T00:59:59Z"):
+        assert cli("recycle").out == "Nothing to recycle.\n"
+    with freeze_time("2025-03-03T01:00:00Z"):
+        assert cli("recycle").out.startswith("recycled account=atlas001 ")
