@@ -17,12 +17,15 @@ from poolmgr import db, migrate
 from poolmgr.audit import build_report
 from poolmgr.db import Base, unit_of_work
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolExhaustedError
+from poolmgr.gridmapdir.exporter import export_gridmapdir
 from poolmgr.history import person_history, touch_account, who_held
-from poolmgr.holds import hold_account
+from poolmgr.holds import hold_account, release_account
 from poolmgr.logs import setup_logging
 from poolmgr.models import Account, Event, Lease
+from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.recycle import Recycler, _due_batch, default_actor
 from poolmgr.site_commands import CommandResult
+from poolmgr.timeutil import utcnow
 from poolmgr.views import account_detail
 from tests.conftest import make_settings
 from tests.factories import (
@@ -559,7 +562,9 @@ def _no_terminal() -> str:
 # --- last use (F10) -------------------------------------------------------------
 
 
-def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(engine):
+def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(
+    engine, tmp_path
+):
     settings = make_settings(quiet_period="183 days", recycle=COMMANDS)
     sync(engine, settings, [pool("atlas", "atlas", 4, "/atlas")])
     for name in ("/CN=a", "/CN=b", "/CN=c"):
@@ -578,16 +583,32 @@ def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(engine):
     assert _last_use(engine) == at("2025-05-30T09:00:00Z")
     map_dn(engine, settings, JANE, "/atlas", now=at("2025-06-01T10:00:00Z"))
 
-    # 3: admin actions on 2 June leave last use alone.
+    # 3: admin actions on 2 June leave last use alone: taking the account
+    # out of recycling and back (a hold), exports, reports.
     with freeze_time("2025-06-02T12:00:00Z"):
         list(worker.run(dry_run=True))
         worker.force("atlas004", REASON, dry_run=True)
+        with unit_of_work(engine) as session:
+            hold_account(
+                session, "atlas004", reason="look", actor="admin1", now=utcnow()
+            )
+        with unit_of_work(engine) as session:
+            release_account(
+                session, "atlas004", reason="done", actor="admin1", now=utcnow()
+            )
         with unit_of_work(engine, write=False) as session:
             who_held(session, "atlas004", at("2025-06-01T00:00:00Z"))
             person_history(session, JANE)
             account_detail(session, "atlas004")
             build_report(session, settings, at("2025-06-02T12:00Z"), first)
+            export_gridmapdir(session, tmp_path / "gridmapdir")
+            export_text(session, "passwd", ExportOptions())
         assert _last_use(engine) == at("2025-06-01T10:00:00Z")
+        holds = [(e.kind, e.actor) for e in events_of(engine, "hold_started")]
+        holds += [(e.kind, e.actor) for e in events_of(engine, "hold_released")]
+        assert holds == [("hold_started", "admin1"), ("hold_released", "admin1")], (
+            "admin actions go to the event log with their actor"
+        )
         worker.force("atlas004", REASON)
     [ended] = [lease for lease in all_leases(engine) if lease.account_id == 4]
     assert ended.last_used_at == at("2025-06-01T10:00:00Z")
