@@ -57,8 +57,11 @@ def _event(line: bytes) -> str:
     return line.split(b"event=")[1].split(b" ")[0].decode()
 
 
-def test_every_state_change_of_a_cli_run_reaches_syslog(syslog_site, capsys):
+def test_every_state_change_of_a_cli_run_reaches_syslog(
+    syslog_site, capsys, monkeypatch
+):
     run, receiver = syslog_site
+    monkeypatch.setenv("SUDO_USER", "sam")
     with freeze_time("2025-01-01T00:00:00Z"):
         assert run("sync") == 0
         assert run("map", JANE, "--fqan", "/atlas") == 0
@@ -81,6 +84,8 @@ def test_every_state_change_of_a_cli_run_reaches_syslog(syslog_site, capsys):
         (INFO, "lease_ended"),
         (WARNING, "cleanup_failed"),
     ]
+    created = next(line for line in lines if b"sync_pool_created" in line)
+    assert b"actor=sam " in created, "sync records who ran it"
     mapped = [line for line in lines if _event(line) == "mapped"]
     assert [line[:5] for line in mapped] == [DEBUG, DEBUG], "routine: debug"
     assert mapped[1].endswith(
