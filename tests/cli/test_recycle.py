@@ -236,7 +236,9 @@ def test_systemd_and_cron_units_say_what_when_and_who():
     assert "ExecStart=/usr/bin/poolmgr recycle" in service
     assert "User=root" in service
     assert "OnCalendar=daily" in timer
-    assert " root /usr/bin/poolmgr recycle" in cron
+    assert (
+        " root flock -n /run/lock/poolmgr-recycle /usr/bin/poolmgr recycle\n" in cron
+    ), "runs never overlap"
     for text in (service, timer, cron):
         comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
         assert "daily" in comments and "root" in comments
