@@ -110,3 +110,24 @@ def test_a_database_url_that_does_not_parse_is_unknown_in_one_line(capsys):
             "sqlite:////var/lib/poolmgr/poolmgr.db\n"
         )
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["-w", "lots"], "Invalid value for '--warning' / '-w'"),
+    ],
+    ids=["unknown-option", "bad-threshold"],
+)
+def test_a_mistyped_probe_definition_is_critical_in_one_line(cli, args, line):
+    result = cli("check", *args)
+    assert result.code == 2
+    assert result.out.startswith(f"POOLMGR CRITICAL - usage: {line}")
+    assert result.out.count("\n") == 1
+    assert "Usage: poolmgr check" in result.err
+
+
+def test_other_check_commands_keep_plain_usage_errors(cli):
+    result = cli("vocards", "check", "--bogus")
+    assert (result.code, result.out) == (2, "")
