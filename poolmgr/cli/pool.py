@@ -9,7 +9,7 @@ from poolmgr.cli.output import emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
-from poolmgr.recycle import default_actor
+from poolmgr.recycle import check_actor, default_actor
 from poolmgr.timeutil import utcnow
 from poolmgr.views import PoolSummary, list_rules, pool_summaries
 from poolmgr.vocards import VoCard, load_cards
@@ -72,7 +72,7 @@ def sync_command(
     settings = state.settings()
     cards = load_cards(directory or settings.vocards)
     engine = state.engine()
-    actor = default_actor()
+    actor = check_actor(default_actor())
     with unit_of_work(engine) as session:
         result = sync_pools(session, settings, card_specs(cards), utcnow(), actor=actor)
         if dry_run:
