@@ -13,6 +13,7 @@ from freezegun import freeze_time
 
 from poolmgr.site_commands import run_command
 from tests.factories import at
+from tests.test_recycle import BOUNDARIES
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -352,23 +353,7 @@ def test_example_cleanup_dry_run_under_poolmgr_prints_its_plan(areas, searched):
     )
 
 
-@pytest.mark.parametrize(
-    ("quiet", "last_use", "due"),
-    [
-        pytest.param(
-            "6 months", "2024-08-31T10:00:00Z", "2025-02-28T10:00:00Z", id="month-end"
-        ),
-        pytest.param(
-            "6 months", "2023-08-31T10:00:00Z", "2024-02-29T10:00:00Z", id="leap-feb"
-        ),
-        pytest.param(
-            "183 days", "2024-01-01T00:00:00Z", "2024-07-02T00:00:00Z", id="days-leap"
-        ),
-        pytest.param(
-            "1 year", "2024-02-29T08:00:00Z", "2025-02-28T08:00:00Z", id="leap-day"
-        ),
-    ],
-)
+@pytest.mark.parametrize(("quiet", "last_use", "due"), BOUNDARIES)
 def test_the_nightly_run_recycles_exactly_at_the_boundary(
     cli, configure, quiet, last_use, due
 ):

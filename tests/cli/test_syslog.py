@@ -8,7 +8,7 @@ import pytest
 from freezegun import freeze_time
 
 from poolmgr.cli import main
-from tests.cli.conftest import CARD
+from tests.cli.conftest import write_site
 
 FALSE = shutil.which("false")
 JANE = "/DC=org/DC=example/CN=Jane Roe"
@@ -19,21 +19,14 @@ INFO, DEBUG, WARNING = b"<158>", b"<159>", b"<156>"
 @pytest.fixture
 def syslog_site(tmp_path):
     """A site whose syslog is a test socket; yields a runner and the socket."""
-    cards = tmp_path / "vocards"
-    cards.mkdir()
-    (cards / "atlas.yaml").write_text(CARD)
     address = tmp_path / "log"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(address))
-    config = tmp_path / "poolmgr.yaml"
-    config.write_text(
-        f"database: sqlite:///{tmp_path / 'cli.db'}\n"
-        f"vocards: {cards}\n"
-        "check_nss: false\n"
-        "last_use_resolution: 0\n"
+    config = write_site(
+        tmp_path,
         "quiet_period: 30 days\n"
         f"recycle:\n  cleanup_command: [{FALSE}]\n"
-        f"syslog:\n  facility: local3\n  address: {address}\n"
+        f"syslog:\n  facility: local3\n  address: {address}\n",
     )
 
     def run(*args: str) -> int:
