@@ -1,7 +1,8 @@
 """The periodic audit report for the site's security officer.
 
 ``build_report`` gathers, per pool, capacity and occupancy; the leases that
-may be recycled now and those due within 30 days; the overrides and failed
+may be recycled now and those due within 30 days (frozen and held accounts
+left out: recycling never touches them); the overrides and failed
 cleanups of the period; the accounts out of service; how long open leases
 have been idle; the check of the whole lease history
 (``history.verify_history``); and the bans in force, the frozen and held
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from poolmgr.banviews import BanAudit, ban_audit
 from poolmgr.history import HistoryCheck, verify_history
+from poolmgr.holds import recycle_blocks
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, due_at
 from poolmgr.settings import Settings
@@ -182,19 +184,29 @@ def _open_leases(
     due_soon: list[DueLease] = []
     idle = {label: 0 for label, _ in IDLE_BUCKETS} | {OLDEST_BUCKET: 0}
     future = 0
+    # Frozen and held accounts are never recycled; they have their own
+    # section, and listing them as recyclable would say the opposite.
+    blocked = recycle_blocks(session)
     rows = session.execute(
-        select(Lease.id, Lease.last_used_at, Account.name, Pool.name, Identity.display)
+        select(
+            Lease.id,
+            Lease.last_used_at,
+            Account.id,
+            Account.name,
+            Pool.name,
+            Identity.display,
+        )
         .join(Account, Account.id == Lease.account_id)
         .join(Pool, Pool.id == Lease.pool_id)
         .join(Identity, Identity.id == Lease.identity_id)
         .where(Lease.open_marker == 1)
         .execution_options(yield_per=_CHUNK)
     )
-    for lease_id, last_use, account, pool, dn in rows:
+    for lease_id, last_use, account_id, account, pool, dn in rows:
         idle[idle_bucket(last_use, now)] += 1
         future += last_use > now
         due = due_at(quiet, last_use)
-        if due <= now + DUE_WINDOW:
+        if due <= now + DUE_WINDOW and account_id not in blocked:
             entry = DueLease(pool, account, dn, lease_id, last_use, due)
             (recyclable if due <= now else due_soon).append(entry)
     recyclable.sort(key=lambda d: (d.due, d.account))

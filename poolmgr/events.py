@@ -22,6 +22,10 @@ audit_logger = logging.getLogger("poolmgr.audit")
 _PENDING = "poolmgr_pending_log"
 _COLUMNS = ("actor", "pool", "account", "identity_id", "dn", "lease_id", "reason")
 INSERT = insert(Event)
+# Syslog priority by kind: what an operator should look at goes at warning
+# (an override of the quiet period, an account a cleanup left out of
+# service); every other state change at info.
+_LEVELS = {"override": logging.WARNING, "cleanup_failed": logging.WARNING}
 
 
 def record(
@@ -35,7 +39,7 @@ def record(
     """
     row, logged = prepare(kind, at=at, **fields)
     session.connection().execute(INSERT, row)
-    queue_log(session, logging.INFO, kind, **logged)
+    queue_log(session, _LEVELS.get(kind, logging.INFO), kind, **logged)
 
 
 def prepare(

@@ -8,10 +8,11 @@ else can be checked and the probe is CRITICAL. ``probe`` turns every
 failure into a result, so the probe's exit code is always 0, 1, 2 or 3.
 """
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum
 
 from sqlalchemy import func, select
@@ -22,10 +23,13 @@ from sqlalchemy.orm import Session
 from poolmgr import db, migrate, nss
 from poolmgr.banviews import ban_health
 from poolmgr.errors import DatabaseUnavailableError
+from poolmgr.history import verify_history
+from poolmgr.invariants import find_broken_invariants
 from poolmgr.logs import syslog_problem
 from poolmgr.models import Account, Pool
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
+from poolmgr.timeutil import format_time
 from poolmgr.views import pool_summaries
 
 MAX_LINE = 1000
@@ -49,11 +53,12 @@ _SEVERITY = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL
 
 @dataclass(frozen=True)
 class CheckResult:
-    """What one check found."""
+    """What one check found, and its Nagios performance data, if any."""
 
     name: str
     status: Status
     message: str
+    perfdata: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,17 @@ class HealthReport:
         return max((r.status for r in self.results), key=_SEVERITY.__getitem__)
 
     def summary(self) -> str:
-        """Return the probe's one line: status, then what is wrong first."""
+        """Return the probe's one line: status, what is wrong first, perfdata.
+
+        Only the text is shortened to fit; the performance data after the
+        '|' stays whole, so a graphing tool never reads a cut value.
+        """
         shown = [r for r in self.results if r.status is not Status.OK]
         shown.sort(key=lambda r: -_SEVERITY[r.status])
         text = "; ".join(r.message for r in shown or self.results)
-        return _one_line(f"POOLMGR {self.status.name} - {text}")
+        line = _one_line(f"POOLMGR {self.status.name} - {text}".replace("|", "/"))
+        perfdata = [item for r in self.results for item in r.perfdata]
+        return f"{line} | {' '.join(perfdata)}" if perfdata else line
 
     def details(self) -> list[str]:
         """Return one line per check, for --verbose."""
@@ -212,7 +223,7 @@ def check_pools(context: CheckContext) -> CheckResult:
     pools = session.scalars(
         select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
     ).all()
-    critical, warning = [], []
+    critical, warning, perfdata = [], [], []
     for pool in pools:
         total, left = provisioned.get(pool.id, 0), available.get(pool.id, 0)
         text = f"{pool.name} {left}/{total}"
@@ -220,18 +231,32 @@ def check_pools(context: CheckContext) -> CheckResult:
             critical.append(text)
         elif total and left * 100 <= options.warning * total:
             warning.append(text)
+        perfdata.append(_pool_perfdata(pool.name, left, total, options))
     if critical or warning:
         status = Status.CRITICAL if critical else Status.WARNING
         return CheckResult(
             "pools",
             status,
             "pools near exhaustion (available/accounts): " + _names(critical + warning),
+            tuple(perfdata),
         )
     return CheckResult(
         "pools",
         Status.OK,
         f"{len(pools)} pools above {options.warning:g}% available accounts",
+        tuple(perfdata),
     )
+
+
+def _pool_perfdata(name: str, left: int, total: int, options: CheckOptions) -> str:
+    """Return 'name'=available;warn;crit;0;accounts in Nagios range syntax.
+
+    The probe alerts at or below a percentage; 'N:' alerts below N, so each
+    threshold is the smallest count that does not alert.
+    """
+    warn = math.floor(options.warning * total / 100) + 1
+    crit = math.floor(options.critical * total / 100) + 1
+    return f"'{name}'={left};{warn}:;{crit}:;0;{total}"
 
 
 def available_accounts(
@@ -353,10 +378,50 @@ def check_syslog(context: CheckContext) -> CheckResult:
     return CheckResult("syslog", Status.OK, f"syslog {settings.address} reachable")
 
 
+INVARIANT_WINDOW = timedelta(days=7)
+"""How far back the probe checks new leases against the quiet period."""
+
+
+def check_invariants(context: CheckContext) -> CheckResult:
+    """Return CRITICAL for a broken lease invariant or a recent early handover.
+
+    Every open-lease invariant is read back; the quiet-period check covers
+    the accounts that got a lease within INVARIANT_WINDOW (each over its
+    whole history), since the whole history is the audit's to read.
+    """
+    problems = find_broken_invariants(context.session)
+    since = context.now - INVARIANT_WINDOW
+    history = verify_history(
+        context.session, context.settings.quiet, started_since=since
+    )
+    problems += [
+        f"{v.account} went to {v.dn} at {format_time(v.started_at)}, "
+        f"{v.problem} of lease {v.previous_lease_id}"
+        for v in history.violations
+    ]
+    # Critical threshold 0: any count above zero alerts.
+    perfdata = (f"'invariant_violations'={len(problems)};;0;0",)
+    if problems:
+        return CheckResult(
+            "invariants",
+            Status.CRITICAL,
+            f"{len(problems)} invariant violation(s): " + _names(problems),
+            perfdata,
+        )
+    return CheckResult(
+        "invariants",
+        Status.OK,
+        "lease invariants hold, no early handover in the last "
+        f"{INVARIANT_WINDOW.days} days",
+        perfdata,
+    )
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("pools", check_pools),
     ("nss", check_nss),
     ("accounts", check_out_of_service),
+    ("invariants", check_invariants),
     ("bans", check_bans),
     ("dn_only_pool", check_dn_only_pool),
     ("syslog", check_syslog),

@@ -141,8 +141,13 @@ def touch_account(session: Session, name: str, now: datetime) -> TouchResult:
     return TouchResult(name, lease.id, dn, last, changed)
 
 
-def verify_history(session: Session, quiet: Duration) -> HistoryCheck:
+def verify_history(
+    session: Session, quiet: Duration, *, started_since: datetime | None = None
+) -> HistoryCheck:
     """Check every handover of every account against the quiet period.
+
+    With started_since, only the accounts that got a lease since then are
+    checked (each over its whole history), as the monitoring probe does.
 
     Streams all leases ordered by account and start (server-side cursor,
     constant memory) and reports a lease of another person that began while
@@ -163,6 +168,9 @@ def verify_history(session: Session, quiet: Duration) -> HistoryCheck:
         .order_by(Lease.account_id, Lease.started_at, Lease.id)
         .execution_options(yield_per=_CHUNK)
     )
+    if started_since is not None:
+        recent = select(Lease.account_id).where(Lease.started_at >= started_since)
+        stmt = stmt.where(Lease.account_id.in_(recent))
     found: list[tuple[int, int, str, datetime]] = []
     count = 0
     earlier: Row[*tuple[Any, ...]] | None = None
@@ -190,7 +198,8 @@ def parse_zone(name: str | None) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name too long for a file name, or one naming a directory.
         raise BadInputError(
             f"Time zone {name[:64]!r} is not known; give an IANA name such as "
             "Europe/Zurich."

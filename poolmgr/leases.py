@@ -268,7 +268,9 @@ class Mapper:
         raise PoolExhaustedError(
             f"Pool {names[0]} has no free account"
             + (f" (also tried {', '.join(names[1:])})" if len(names) > 1 else "")
-            + f" for {parsed.dn.slash()!r}.",
+            + f" for {parsed.dn.slash()!r}"
+            + self._unresolvable_note(conn, choice.routes, now, person.id)
+            + ".",
             pools=names,
         )
 
@@ -388,6 +390,38 @@ class Mapper:
                 logger.warning("account skipped: %s", problem.message)
                 return False
         return True
+
+    def _unresolvable_note(
+        self, conn: Connection, routes: Sequence[Route], now: datetime, requester: int
+    ) -> str:
+        """Say which free accounts NSS kept back, for the exhaustion message.
+
+        Only on the failure path: when every account a pool could give is
+        skipped because the host cannot resolve it, "no free account" alone
+        would send the operator looking for leases that are not there.
+        """
+        if not self.settings.check_nss:
+            return ""
+        names = []
+        for route in routes:
+            params = {
+                "pool_id": route.pool_id,
+                "cutoff": self.quiet.safe_cutoff(now),
+                "requester": requester,
+            }
+            for query in self._candidate_queries(conn.dialect.name):
+                for account in conn.execute(query, params):
+                    if _quiet_over(account, self.quiet, now) and nss.account_problem(
+                        account.name, account.uid
+                    ):
+                        names.append(account.name)
+        if not names:
+            return ""
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return (
+            f"; {len(names)} free account(s) do not resolve on this host "
+            f"({shown}): create them, or set check_nss: false"
+        )
 
     def _result(
         self, held: _Held, choice: Choice, parsed: _Parsed, *, new: bool

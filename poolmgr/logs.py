@@ -2,12 +2,15 @@
 
 Only this module attaches handlers. Every module logs through
 ``logging.getLogger(__name__)``; state changes go through poolmgr.audit at
-INFO (syslog priority info), routine mapping decisions at DEBUG.
+INFO (syslog priority info; overrides and failed cleanups at warning),
+routine mapping decisions at DEBUG.
 """
 
 import logging
 import logging.handlers
+import os
 import socket
+import stat
 import sys
 import time
 
@@ -125,21 +128,19 @@ def _syslog_handler(settings: SyslogSettings) -> logging.Handler:
 def _open_syslog(settings: SyslogSettings) -> _SyslogHandler:
     """Return a handler connected to settings.address; raise OSError if absent."""
     facility = _FACILITIES[settings.facility.lower()]
-    address: str | tuple[str, int] = settings.address
-    if not settings.address.startswith("/"):
-        host, _, port = settings.address.rpartition(":")
-        address = (host, int(port or 514))
-    # SysLogHandler itself accepts a missing socket and fails only later,
-    # line by line, so the address is tried here first.
-    _try_address(address)
-    return _SyslogHandler(
-        address=address, facility=facility, socktype=socket.SOCK_DGRAM
-    )
-
-
-def _try_address(address: str | tuple[str, int]) -> None:
-    if isinstance(address, str):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
+    server = settings.server()
+    if server is None:
+        # SysLogHandler itself accepts a missing socket and fails only later,
+        # line by line, so the path is looked at here first.
+        if not stat.S_ISSOCK(os.stat(settings.address).st_mode):
+            raise OSError(f"{settings.address} is not a socket")
     else:
-        socket.getaddrinfo(*address, 0, socket.SOCK_DGRAM)
+        socket.getaddrinfo(*server, 0, socket.SOCK_DGRAM)
+    # A local socket may be a datagram or a stream socket (rsyslog and
+    # journald use datagrams, some syslog-ng set-ups a stream): without a
+    # socktype the handler tries both. A server takes UDP.
+    return _SyslogHandler(
+        address=server or settings.address,
+        facility=facility,
+        socktype=socket.SOCK_DGRAM if server else None,
+    )

@@ -56,9 +56,14 @@ class SyncResult:
 
 
 def sync_pools(
-    session: Session, settings: Settings, specs: list[PoolSpec], now: datetime
+    session: Session,
+    settings: Settings,
+    specs: list[PoolSpec],
+    now: datetime,
+    *,
+    actor: str = "sync",
 ) -> SyncResult:
-    """Make the database match specs; return the changes.
+    """Make the database match specs; return the changes, logged under actor.
 
     Raises ConflictError, before changing anything, when a pool's accounts
     would collide with another pool's uids or names, or with the host's NSS.
@@ -82,7 +87,7 @@ def sync_pools(
             "sync_" + change.kind,
             pool=change.pool,
             detail=change.detail,
-            actor="sync",
+            actor=actor,
         )
     return result
 

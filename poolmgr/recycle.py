@@ -222,9 +222,11 @@ class Recycler:
             return [Outcome("would_override", target, reason)]
         busy = None if ignore_in_use else self._in_use(target)
         if busy is not None:
+            action, why = busy
+            found = "the in-use check says so" if action == "postponed" else why
             raise PolicyError(
-                f"Account {account!r} is in use ({busy[1]}); add --ignore-in-use "
-                "to recycle it anyway."
+                f"Account {account!r} counts as in use ({found}); add "
+                "--ignore-in-use to recycle it anyway."
             )
         ended = self._end(target, now, override=reason, ignore_in_use=ignore_in_use)
         if ended is None:

@@ -157,7 +157,12 @@ class ServiceSettings(_Strict):
 
 
 class SyslogSettings(_Strict):
-    """Where state changes and mapping decisions are logged."""
+    """Where state changes and mapping decisions are logged.
+
+    ``address`` is the path of a local syslog socket (datagram or stream),
+    or ``host``, ``host:port`` or ``[ipv6]:port`` of a syslog server that
+    takes UDP (port 514 when none is given).
+    """
 
     enabled: bool = True
     facility: str = "authpriv"
@@ -169,6 +174,39 @@ class SyslogSettings(_Strict):
         if value.lower() not in SysLogHandler.facility_names:
             raise ValueError(f"unknown syslog facility {value[:40]!r}")
         return value.lower()
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if value.startswith("/") and value.isprintable():
+            return value
+        if syslog_server(value) is None:
+            raise ValueError(
+                f"{value[:80]!r} is neither an absolute socket path nor "
+                "host[:port] with a port from 1 to 65535"
+            )
+        return value
+
+    def server(self) -> tuple[str, int] | None:
+        """Return (host, port) of a remote syslog server, None for a socket."""
+        return None if self.address.startswith("/") else syslog_server(self.address)
+
+
+_SERVER = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))"
+    r"(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def syslog_server(address: str) -> tuple[str, int] | None:
+    """Return (host, port) for 'host', 'host:port' or '[v6]:port'; else None."""
+    match = _SERVER.match(address)
+    if match is None:
+        return None
+    port = int(match["port"] or 514)
+    if not 1 <= port <= 65535:
+        return None
+    return match["v6"] or match["host"], port
 
 
 class BanSourceSettings(_Strict):

@@ -53,14 +53,20 @@ def parse_time(text: str) -> datetime:
         raise BadInputError(
             f"Time {text[:80]!r} has no zone; add Z or an offset such as +02:00."
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise BadInputError(
+            f"Time {text[:80]!r} is outside the years 1 to 9999 in UTC."
+        ) from None
 
 
 def format_time(value: datetime | None) -> str:
     """Render a stored time as ISO 8601 UTC with a Z, or '-' for none."""
     if value is None:
         return "-"
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, unlike strftime's %Y, writes every year with four digits.
+    return as_utc(value).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select, update
 
 from poolmgr.db import unit_of_work
+from poolmgr.invariants import find_broken_invariants
 from poolmgr.leases import Mapper, Mapping, MapRequest
 from poolmgr.models import Account, Lease
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
@@ -72,35 +73,5 @@ def set_last_use(engine: Engine, account: str, when: datetime) -> None:
 
 def invariant_violations(engine: Engine) -> list[str]:
     """Return descriptions of broken lease invariants (empty when sound)."""
-    from sqlalchemy import func
-
-    problems = []
     with unit_of_work(engine, write=False) as session:
-        doubled_accounts = session.execute(
-            select(Lease.account_id, func.count())
-            .where(Lease.ended_at.is_(None))
-            .group_by(Lease.account_id)
-            .having(func.count() > 1)
-        ).all()
-        doubled_persons = session.execute(
-            select(Lease.identity_id, Lease.pool_id, func.count())
-            .where(Lease.ended_at.is_(None))
-            .group_by(Lease.identity_id, Lease.pool_id)
-            .having(func.count() > 1)
-        ).all()
-        state_mismatch = session.execute(
-            select(Account.name)
-            .outerjoin(
-                Lease, (Lease.account_id == Account.id) & (Lease.open_marker == 1)
-            )
-            .where(
-                ((Account.state == "leased") & Lease.id.is_(None))
-                | ((Account.state != "leased") & Lease.id.is_not(None))
-            )
-        ).all()
-    problems += [f"account {a} has {n} open leases" for a, n in doubled_accounts]
-    problems += [
-        f"identity {i} has {n} open leases in pool {p}" for i, p, n in doubled_persons
-    ]
-    problems += [f"account {a} state disagrees with leases" for (a,) in state_mismatch]
-    return problems
+        return find_broken_invariants(session)

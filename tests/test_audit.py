@@ -13,6 +13,7 @@ from poolmgr.audit_formats import render_csv, render_json, render_text
 from poolmgr.audit_html import render_html
 from poolmgr.db import unit_of_work
 from poolmgr.dn import parse_dn
+from poolmgr.holds import hold_account
 from poolmgr.identities import get_or_create_identity
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.recycle import Recycler
@@ -238,3 +239,18 @@ def test_html_report_is_one_page_with_two_svg_charts(report):
     assert HOSTILE in text
     assert REASON in text and "admin1" in text
     assert "Occupancy per pool" in text and "Time since last use" in text
+
+
+def test_a_held_account_is_not_listed_as_recyclable(sqlite_engine, site):
+    sync(sqlite_engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    for name in ("Held", "Idle"):
+        dn = f"/DC=org/DC=example/CN={name}"
+        map_dn(sqlite_engine, site, dn, "/atlas", now=at("2024-01-01T00:00:00Z"))
+    with unit_of_work(sqlite_engine) as session:
+        hold_account(session, "atlas001", reason="incident 42", actor="sec", now=NOW)
+    with unit_of_work(sqlite_engine, write=False) as session:
+        report = build_report(session, site, NOW, NOW)
+    assert [d.account for d in report.recyclable] == ["atlas002"], (
+        "the periodic run would leave atlas001 alone: it is not recyclable"
+    )
+    assert "atlas001" in render_text(report).split("Frozen and held accounts")[1]

@@ -5,7 +5,7 @@ import pwd
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from poolmgr import migrate, nss
 from poolmgr.db import unit_of_work
@@ -21,7 +21,8 @@ from poolmgr.health import (
     probe,
     run_checks,
 )
-from poolmgr.models import Account
+from poolmgr.leases import end_lease
+from poolmgr.models import Account, Lease
 from poolmgr.timeutil import utcnow
 from tests.conftest import make_settings
 from tests.factories import at, map_dn, pool, set_last_use, sync
@@ -257,3 +258,101 @@ def test_the_worst_status_wins_and_is_named_first(statuses, worst):
     assert line.startswith(f"POOLMGR {worst.name} - ")
     assert "\n" not in line
     assert len(report.details()) == len(statuses)
+
+
+# --- performance data --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "perfdata"),
+    [
+        (CheckOptions(), "'atlas'=7;2:;1:;0;10"),
+        (CheckOptions(warning=50, critical=30), "'atlas'=7;6:;4:;0;10"),
+        (CheckOptions(warning=75, critical=70), "'atlas'=7;8:;8:;0;10"),
+    ],
+    ids=["defaults", "custom", "at-the-critical-edge"],
+)
+def test_pools_carry_perfdata_with_the_probes_own_thresholds(
+    sqlite_engine, site, options, perfdata
+):
+    fill(sqlite_engine, site, 10, 3)
+    result = check(sqlite_engine, "pools", options)
+    assert result.perfdata == (perfdata,)
+    # 'N:' alerts below N: the threshold agrees with the status.
+    threshold = int(perfdata.split(";")[2].rstrip(":"))
+    assert (threshold > 7) == (result.status is Status.CRITICAL)
+
+
+def test_the_summary_ends_with_every_perfdata_item_whole():
+    results = (
+        CheckResult("a", Status.WARNING, "x|y " * 400, ("'p1'=1;2:;1:;0;5",)),
+        CheckResult("b", Status.OK, "fine", ("'p2'=5;2:;1:;0;5",)),
+    )
+    line = HealthReport(results).summary()
+    text, perfdata = line.split(" | ")
+    assert text.startswith("POOLMGR WARNING - x/y x/y") and text.endswith("...")
+    assert perfdata == "'p1'=1;2:;1:;0;5 'p2'=5;2:;1:;0;5"
+
+
+# --- invariants --------------------------------------------------------------
+
+
+def test_sound_leases_pass_the_invariant_check(engine, site):
+    fill(engine, site, 3, 2)
+    result = check(engine, "invariants")
+    assert (result.status, result.message, result.perfdata) == (
+        Status.OK,
+        "lease invariants hold, no early handover in the last 7 days",
+        ("'invariant_violations'=0;;0;0",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "number", "message"),
+    [
+        ("free", 1, "account atlas001 is free but has an open lease"),
+        ("leased", 3, "account atlas003 is leased but has no open lease"),
+    ],
+    ids=["leased-account-marked-free", "free-account-marked-leased"],
+)
+def test_an_account_state_that_contradicts_its_leases_is_critical(
+    engine, site, state, number, message
+):
+    fill(engine, site, 3, 1)
+    with unit_of_work(engine) as session:
+        session.execute(
+            update(Account).where(Account.number == number).values(state=state)
+        )
+    result = check(engine, "invariants")
+    assert (result.status, result.message) == (
+        Status.CRITICAL,
+        f"1 invariant violation(s): {message}",
+    )
+    assert result.perfdata == ("'invariant_violations'=1;;0;0",)
+
+
+@pytest.mark.parametrize(
+    ("handover", "status"),
+    [("2026-08-25T00:00:00Z", Status.CRITICAL), ("2026-08-24T23:59:59Z", Status.OK)],
+    ids=["inside-the-window", "before-the-window"],
+)
+def test_an_early_handover_of_the_last_seven_days_is_critical(
+    sqlite_engine, site, handover, status
+):
+    sync(sqlite_engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    kim, lee = "/DC=org/DC=example/CN=Kim", "/DC=org/DC=example/CN=Lee"
+    map_dn(sqlite_engine, site, kim, "/atlas", now=at("2026-08-01T00:00:00Z"))
+    with unit_of_work(sqlite_engine) as session:
+        lease = session.scalars(select(Lease)).one()
+        end_lease(session, lease, reason="released", actor="test", now=at(handover))
+        # A hand edit that forgets the last use: nothing poolmgr would do.
+        session.execute(update(Account).values(last_used_at=None))
+    map_dn(sqlite_engine, site, lee, "/atlas", now=at(handover))
+
+    result = check(sqlite_engine, "invariants")
+    assert result.status is status
+    if status is Status.CRITICAL:
+        assert result.message == (
+            f"1 invariant violation(s): atlas001 went to {lee} at {handover}, "
+            "inside the quiet period of lease 1"
+        )

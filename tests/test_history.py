@@ -174,6 +174,16 @@ def test_times_show_in_utc_unless_a_zone_is_asked_for():
         parse_zone("Mars/Olympus")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["Z" * 5000, "../../../etc/passwd", "Europe", "Europe/", "/etc/localtime", "a\0b"],
+    ids=["too-long", "traversal", "directory", "trailing-slash", "absolute", "nul"],
+)
+def test_zone_names_that_are_no_zone_are_bad_input(name):
+    with pytest.raises(BadInputError, match="is not known; give an IANA name"):
+        parse_zone(name)
+
+
 # --- the history check -----------------------------------------------------------
 
 

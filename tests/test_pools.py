@@ -10,7 +10,7 @@ from poolmgr.models import Account, Pool, PoolRule
 from poolmgr.routing import Router
 from poolmgr.views import pool_summaries
 from tests.conftest import make_settings
-from tests.factories import map_dn, pool, sync
+from tests.factories import all_leases, map_dn, pool, sync
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 
@@ -243,5 +243,21 @@ class TestNss:
         jane = map_dn(engine, settings, JANE, "/atlas")
         assert jane.account == "atlas008"
         assert "account atlas007 does not resolve" in caplog.text
-        with pytest.raises(PoolExhaustedError):
+        with pytest.raises(PoolExhaustedError) as info:
             map_dn(engine, settings, "/DC=org/DC=example/CN=Kim Sample", "/atlas")
+        assert str(info.value) == (
+            "Pool atlas has no free account for '/DC=org/DC=example/CN=Kim Sample'; "
+            "1 free account(s) do not resolve on this host (atlas007): create them, "
+            "or set check_nss: false."
+        ), "the one line says why the free account was not given"
+
+    def test_a_pool_of_accounts_not_created_yet_says_so(self, engine):
+        settings = make_settings(check_nss=True)
+        sync(engine, settings, [pool("dteam", "dteam", 5, "/dteam")])
+        with pytest.raises(PoolExhaustedError) as info:
+            map_dn(engine, settings, JANE, "/dteam")
+        assert str(info.value).endswith(
+            "; 5 free account(s) do not resolve on this host (dteam001, dteam002, "
+            "dteam003, ...): create them, or set check_nss: false."
+        )
+        assert all_leases(engine) == [], "no lease row is left behind"

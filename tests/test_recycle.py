@@ -17,12 +17,15 @@ from poolmgr import db, migrate
 from poolmgr.audit import build_report
 from poolmgr.db import Base, unit_of_work
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolExhaustedError
+from poolmgr.gridmapdir.exporter import export_gridmapdir
 from poolmgr.history import person_history, touch_account, who_held
-from poolmgr.holds import hold_account
+from poolmgr.holds import hold_account, release_account
 from poolmgr.logs import setup_logging
 from poolmgr.models import Account, Event, Lease
+from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.recycle import Recycler, _due_batch, default_actor
 from poolmgr.site_commands import CommandResult
+from poolmgr.timeutil import utcnow
 from poolmgr.views import account_detail
 from tests.conftest import make_settings
 from tests.factories import (
@@ -559,7 +562,9 @@ def _no_terminal() -> str:
 # --- last use (F10) -------------------------------------------------------------
 
 
-def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(engine):
+def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(
+    engine, tmp_path
+):
     settings = make_settings(quiet_period="183 days", recycle=COMMANDS)
     sync(engine, settings, [pool("atlas", "atlas", 4, "/atlas")])
     for name in ("/CN=a", "/CN=b", "/CN=c"):
@@ -578,16 +583,32 @@ def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(engine):
     assert _last_use(engine) == at("2025-05-30T09:00:00Z")
     map_dn(engine, settings, JANE, "/atlas", now=at("2025-06-01T10:00:00Z"))
 
-    # 3: admin actions on 2 June leave last use alone.
+    # 3: admin actions on 2 June leave last use alone: taking the account
+    # out of recycling and back (a hold), exports, reports.
     with freeze_time("2025-06-02T12:00:00Z"):
         list(worker.run(dry_run=True))
         worker.force("atlas004", REASON, dry_run=True)
+        with unit_of_work(engine) as session:
+            hold_account(
+                session, "atlas004", reason="look", actor="admin1", now=utcnow()
+            )
+        with unit_of_work(engine) as session:
+            release_account(
+                session, "atlas004", reason="done", actor="admin1", now=utcnow()
+            )
         with unit_of_work(engine, write=False) as session:
             who_held(session, "atlas004", at("2025-06-01T00:00:00Z"))
             person_history(session, JANE)
             account_detail(session, "atlas004")
             build_report(session, settings, at("2025-06-02T12:00Z"), first)
+            export_gridmapdir(session, tmp_path / "gridmapdir")
+            export_text(session, "passwd", ExportOptions())
         assert _last_use(engine) == at("2025-06-01T10:00:00Z")
+        holds = [(e.kind, e.actor) for e in events_of(engine, "hold_started")]
+        holds += [(e.kind, e.actor) for e in events_of(engine, "hold_released")]
+        assert holds == [("hold_started", "admin1"), ("hold_released", "admin1")], (
+            "admin actions go to the event log with their actor"
+        )
         worker.force("atlas004", REASON)
     [ended] = [lease for lease in all_leases(engine) if lease.account_id == 4]
     assert ended.last_used_at == at("2025-06-01T10:00:00Z")
@@ -639,7 +660,7 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
         f"<87>poolmgr[{pid}]: event=use account=atlas001 dn={dn} lease_id=1\x00"
     ).encode() in received, "a use is routine: debug priority"
     assert (
-        f"<86>poolmgr[{pid}]: event=override actor=admin1 pool=atlas "
+        f"<84>poolmgr[{pid}]: event=override actor=admin1 pool=atlas "
         f'account=atlas001 dn={dn} lease_id=1 reason="{REASON}" '
         "last_use=2025-01-20T00:00:00Z quiet_until=2025-07-22T00:00:00Z\x00"
     ).encode() in received
@@ -648,10 +669,13 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
         f"account=atlas001 dn={dn} lease_id=1 last_use=2025-01-20T00:00:00Z "
         "end_reason=override\x00"
     ).encode() in received
-    infos = [line for line in received if line.startswith(b"<86>")]
-    kinds = [line.split(b"event=")[1].split(b" ")[0].decode() for line in infos]
+    changes = [line for line in received if line[:4] in (b"<86>", b"<84>")]
+    kinds = [line.split(b"event=")[1].split(b" ")[0].decode() for line in changes]
     assert kinds == ["lease_started", "override", "lease_ended", "recycled"]
     assert event_kinds(sqlite_engine)[-4:] == kinds, "the same events are rows"
+    assert [line[:4] for line in changes] == [b"<86>", b"<84>", b"<86>", b"<86>"], (
+        "an override goes at warning priority, the other changes at info"
+    )
 
 
 def _drain(receiver: socket.socket) -> list[bytes]:

@@ -4,7 +4,7 @@ import pytest
 
 from poolmgr import settings as settings_module
 from poolmgr.errors import ConfigError
-from poolmgr.settings import load_settings
+from poolmgr.settings import Settings, load_settings
 
 
 def test_without_a_file_the_defaults_apply(tmp_path, monkeypatch):
@@ -72,6 +72,17 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         ("database: notaurl\n", "database: the value is not a database URL"),
         ("database: ''\n", "database: the value is not a database URL"),
         ("database: ftp://x/y\n", "database: database backend 'ftp' is not"),
+        (
+            "database: postgresql://u:SECRET@db:notaport/poolmgr\n",
+            "database: the value is not a database URL",
+        ),
+        ("database: 'nothing here'\n", "database: the value is not a database URL"),
+        (
+            "syslog:\n  address: 'loghost:notaport'\n",
+            "syslog.address: 'loghost:notaport' is neither an absolute socket path",
+        ),
+        ("syslog:\n  address: 'loghost:70000'\n", "syslog.address: 'loghost:70000'"),
+        ("syslog:\n  address: 'dev/log'\n", "syslog.address: 'dev/log'"),
     ],
     ids=[
         "zero-quiet",
@@ -88,6 +99,11 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         "url-not-parsed",
         "url-empty",
         "url-foreign-backend",
+        "database-port",
+        "database-garbage",
+        "syslog-port-word",
+        "syslog-port-range",
+        "syslog-relative",
     ],
 )
 def test_bad_configuration_names_file_key_and_problem(tmp_path, text, message):
@@ -98,6 +114,35 @@ def test_bad_configuration_names_file_key_and_problem(tmp_path, text, message):
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+    assert "SECRET" not in str(info.value), "a password is never repeated"
+
+
+def test_a_bad_database_url_option_or_variable_is_named_as_such(monkeypatch):
+    with pytest.raises(ConfigError) as info:
+        load_settings(database="mysql://root:SECRET@db:port/poolmgr")
+    assert str(info.value).startswith("--database: the value is not a database URL")
+    monkeypatch.setenv("POOLMGR_DATABASE_URL", "postgresql://u:SECRET@db:port/db")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(
+        "POOLMGR_DATABASE_URL: the value is not a database URL"
+    )
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "server"),
+    [
+        ("/dev/log", None),
+        ("loghost.example.org", ("loghost.example.org", 514)),
+        ("127.0.0.1:5514", ("127.0.0.1", 5514)),
+        ("[::1]:5514", ("::1", 5514)),
+    ],
+    ids=["socket", "host", "host-port", "ipv6"],
+)
+def test_syslog_address_is_a_socket_or_a_server(address, server):
+    settings = Settings.model_validate({"syslog": {"address": address}})
+    assert settings.syslog.server() == server
 
 
 def test_an_explicit_missing_file_is_an_error(tmp_path):

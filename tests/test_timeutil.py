@@ -47,3 +47,26 @@ def test_times_need_a_zone_and_come_back_in_utc():
         parse_time("2025-03-01T14:00:00")
     with pytest.raises(BadInputError, match="not ISO 8601"):
         parse_time("yesterday")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9999-12-31T23:59:59-12:00", "outside the years 1 to 9999 in UTC"),
+        ("0001-01-01T00:00:00+14:00", "outside the years 1 to 9999 in UTC"),
+        ("2025-02-29T00:00Z", "not ISO 8601"),
+        ("2025-03-01T14:00Z" + "0" * 5000, "not ISO 8601"),
+    ],
+    ids=["past-9999", "before-year-1", "no-such-day", "huge"],
+)
+def test_times_that_cannot_be_placed_are_bad_input(text, message):
+    with pytest.raises(BadInputError, match=message) as info:
+        parse_time(text)
+    assert len(str(info.value)) < 200
+
+
+def test_early_years_keep_four_digits():
+    assert format_time(parse_time("0001-01-01T00:00:00Z")) == "0001-01-01T00:00:00Z"
+    assert format_time(parse_time("2025-03-01T14:00:00.999Z")) == (
+        "2025-03-01T14:00:00Z"
+    )

@@ -3,7 +3,14 @@
 # ended and before the account goes back to the free pool. Configure it as
 #
 #   recycle:
-#     cleanup_command: [/usr/libexec/poolmgr/cleanup-account]
+#     cleanup_command: [/usr/libexec/poolmgr/cleanup-account, /scratch, /tmp, /var/tmp]
+#
+# The arguments before the account name are the scratch areas whose files of
+# the account are deleted (default: /tmp /var/tmp). Give them there: poolmgr
+# runs its commands with a clean environment (PATH, LC_ALL and the POOLMGR_*
+# variables only), so nothing set in the environment of cron or systemd
+# reaches this script. A scratch area left out keeps the previous holder's
+# files for the next person who gets the account.
 #
 # poolmgr appends the account name as the last argument and describes the
 # ended lease in POOLMGR_ACCOUNT, POOLMGR_UID, POOLMGR_POOL, POOLMGR_DN,
@@ -13,11 +20,10 @@
 #
 # Steps: kill the account's processes, remove its batch jobs (uncomment the
 # line for your batch system), empty its home directory and delete its files
-# in the scratch areas. CLEANUP_SCRATCH lists those areas (default
-# "/tmp /var/tmp"); CLEANUP_DRY_RUN=1 only prints what would be done.
+# in the scratch areas. To try it by hand: CLEANUP_DRY_RUN=1 POOLMGR_UID=<uid>
+# cleanup-account [AREA...] ACCOUNT only prints what it would do.
 set -euo pipefail
 
-scratch="${CLEANUP_SCRATCH:-/tmp /var/tmp}"
 dry_run="${CLEANUP_DRY_RUN:-0}"
 
 fail() {
@@ -33,9 +39,18 @@ run() {
     fi
 }
 
-[ $# -ge 1 ] || fail "usage: $0 ACCOUNT"
+[ $# -ge 1 ] || fail "usage: $0 [SCRATCH_AREA...] ACCOUNT"
 account="${!#}"
 [[ "$account" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || fail "bad account name '$account'"
+scratch=("${@:1:$#-1}")
+[ ${#scratch[@]} -gt 0 ] || scratch=(/tmp /var/tmp)
+for area in "${scratch[@]}"; do
+    case "$area" in
+        /) fail "refusing scratch area '/'" ;;
+        /*) ;;
+        *) fail "scratch area '$area' is not an absolute path" ;;
+    esac
+done
 
 # Never touch anything unless the account is what poolmgr says it is.
 entry="$(getent passwd "$account")" || fail "unknown account '$account'"
@@ -68,7 +83,7 @@ if [ -d "$home" ]; then
 fi
 
 # Scratch: every file the uid owns, on those file systems only.
-for area in $scratch; do
+for area in "${scratch[@]}"; do
     [ -d "$area" ] || continue
     run find "$area" -xdev -depth -user "$uid" -delete
 done

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:
         # Usage errors and bad parameters: Click's own message, exit code 2.
         exc.show()  # type: ignore[attr-defined]
+        if _command_path(exc) == "poolmgr check":
+            # Nagios shows stdout: the probe's one line says what is wrong.
+            message = exc.format_message()
+            typer.echo(f"POOLMGR CRITICAL - usage: {message}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("poolmgr: interrupted", err=True)
@@ -121,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return INTERNAL_ERROR_EXIT
     return status if isinstance(status, int) else 0
+
+
+def _command_path(exc: Exception) -> str | None:
+    context = getattr(exc, "ctx", None)
+    return context.command_path if context is not None else None
 
 
 def run() -> None:

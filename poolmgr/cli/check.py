@@ -12,12 +12,18 @@ EPILOG = """Checks: the database answers and its schema is current; no live pool
 is at or below the thresholds of available accounts (free and past their
 quiet period); accounts and groups resolve in NSS with their ids (when
 check_nss is on or with --nss); no account is out of service (a state other
-than free, leased or retired); dn_only_pool names a live pool (CRITICAL
-otherwise); syslog, when enabled, can be reached (WARNING otherwise). Exit
-codes follow Nagios and nothing else is ever returned: 0 OK, 1 WARNING, 2
-CRITICAL (also a database that cannot be reached, or at a schema revision
-this poolmgr does not use), 3 UNKNOWN (a check could not run, or the
-configuration is bad)."""
+than free, leased or retired); the lease invariants hold (one open lease per
+account and per person and pool, account states agree with the leases) and
+no account that got a lease in the last 7 days went to another person inside
+its quiet period without an override (poolmgr audit checks the whole
+history); dn_only_pool names a live pool (CRITICAL otherwise); syslog, when
+enabled, can be reached (WARNING otherwise). After '|' the line carries
+Nagios performance data: per live pool 'POOL'=available;warn;crit;0;accounts,
+then 'invariant_violations'. Exit codes follow Nagios and nothing else is
+ever returned: 0 OK, 1 WARNING, 2 CRITICAL (also a database that cannot be
+reached, or at a schema revision this poolmgr does not use, or any invariant
+violation), 3 UNKNOWN (a check could not run, or the configuration is bad);
+a mistyped option is exit 2."""
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
 """Commands about leases: map, leases, show."""
 
+import logging
 from typing import Annotated
 
 import typer
@@ -7,9 +8,12 @@ import typer
 from poolmgr.cli.output import cell, emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
+from poolmgr.events import format_fields
 from poolmgr.holds import account_flags, open_lease_status
 from poolmgr.leases import Mapper, Mapping, MapRequest
 from poolmgr.views import LeaseRow, account_detail, list_leases
+
+logger = logging.getLogger(__name__)
 
 MAP_EPILOG = """Exit codes: 0 mapped; 2 bad input or usage (malformed DN or
 FQAN); 3 no pool matches the primary FQAN; 4 pool exhausted; 5 banned; 6 ban
@@ -42,10 +46,24 @@ def map_command(
     settings = state.settings()
     request = MapRequest(dn=dn, fqans=tuple(fqan or ()), issuer=issuer, verify=verify)
     mapping = Mapper(state.engine(), settings).map(request)
+    # A routine decision: syslog's debug priority, as the service logs it.
+    logger.debug("%s", format_fields("mapped", mapping_log_fields(mapping)))
     if as_json:
         emit_json(mapping_json(mapping))
     else:
         typer.echo(mapping.account)
+
+
+def mapping_log_fields(mapping: Mapping) -> dict[str, object]:
+    """Return the key=value fields that describe a mapping in the log."""
+    return {
+        "account": mapping.account,
+        "pool": mapping.pool,
+        "new": mapping.new,
+        "dn": mapping.dn,
+        "fqan": mapping.fqan,
+        "lease_id": mapping.lease_id,
+    }
 
 
 def mapping_json(mapping: Mapping) -> dict[str, object]:

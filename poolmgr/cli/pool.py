@@ -9,6 +9,7 @@ from poolmgr.cli.output import emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
+from poolmgr.recycle import check_actor, default_actor
 from poolmgr.timeutil import utcnow
 from poolmgr.views import PoolSummary, list_rules, pool_summaries
 from poolmgr.vocards import VoCard, load_cards
@@ -71,8 +72,9 @@ def sync_command(
     settings = state.settings()
     cards = load_cards(directory or settings.vocards)
     engine = state.engine(create=not dry_run)
+    actor = check_actor(default_actor())
     with unit_of_work(engine) as session:
-        result = sync_pools(session, settings, card_specs(cards), utcnow())
+        result = sync_pools(session, settings, card_specs(cards), utcnow(), actor=actor)
         if dry_run:
             session.rollback()
     _report(result, dry_run)

@@ -36,9 +36,8 @@ class Result:
     err: str
 
 
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
-    """Run poolmgr with a fresh SQLite database and VO card directory."""
+def write_site(tmp_path: Path, extra: str = "syslog:\n  enabled: false\n") -> Path:
+    """Write the VO card and a site configuration ending in extra; return it."""
     cards = tmp_path / "vocards"
     cards.mkdir()
     (cards / "atlas.yaml").write_text(CARD)
@@ -47,9 +46,15 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Res
         f"database: sqlite:///{tmp_path / 'cli.db'}\n"
         f"vocards: {cards}\n"
         "check_nss: false\n"
-        "last_use_resolution: 0\n"
-        "syslog:\n  enabled: false\n"
+        "last_use_resolution: 0\n" + extra
     )
+    return config
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run poolmgr with a fresh SQLite database and VO card directory."""
+    config = write_site(tmp_path)
 
     def run(*args: str) -> Result:
         capsys.readouterr()

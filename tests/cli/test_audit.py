@@ -62,13 +62,17 @@ def test_who_json_and_nobody(handed_over):
         (["atlas001", "--at", "2025-02-10T14:00"], 2, "has no zone"),
         (["atlas404", "--at", "2025-02-10T14:00Z"], 11, "'atlas404'"),
         (["atlas001", "--tz", "Mars/Olympus"], 2, "'Mars/Olympus'"),
+        (["atlas001", "--at", "9999-12-31T23:59:59-12:00"], 2, "outside the years"),
+        (["atlas001", "--tz", "Europe"], 2, "'Europe' is not known"),
+        (["atlas001", "--tz", "Z" * 5000], 2, "is not known"),
     ],
-    ids=["no-zone", "unknown-account", "unknown-zone"],
+    ids=["no-zone", "unknown-account", "unknown-zone", "overflow", "dir", "huge"],
 )
 def test_who_rejects_bad_input(handed_over, args, code, message):
     result = handed_over("who", *args)
     assert (result.code, result.out) == (code, "")
     assert message in result.err
+    assert result.err.count("\n") == 1, "one line on stderr"
 
 
 def test_history_lists_every_lease_of_a_person_in_any_dn_form(handed_over):
@@ -123,8 +127,9 @@ def test_audit_html_is_written_atomically_to_a_file(handed_over, tmp_path):
         (["--since", "last week"], 2, "'last week'"),
         (["--format", "pdf"], 2, "pdf"),
         (["--output", "/nonexistent/dir/audit.txt"], 1, "Cannot write"),
+        (["--since", "0001-01-01T00:00+14:00"], 2, "outside the years 1 to 9999"),
     ],
-    ids=["bad-since", "bad-format", "unwritable"],
+    ids=["bad-since", "bad-format", "unwritable", "since-overflow"],
 )
 def test_audit_failures_exit_with_documented_codes(cli, args, code, message):
     cli("sync")

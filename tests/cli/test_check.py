@@ -6,6 +6,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from poolmgr import health
 from poolmgr.cli import main
 
+# Performance data of the test site's two pools, after every probe line.
+PERFDATA = " | 'atlas'=3;1:;1:;0;3 'atlasprd'=2;1:;1:;0;2 'invariant_violations'=0;;0;0"
+
 
 def person(n: int) -> str:
     return f"/DC=org/DC=example/CN=Person {n}"
@@ -31,10 +34,14 @@ def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
         "OK pools",
         "OK nss",
         "OK accounts",
+        "OK invariants",
         "OK bans",
         "OK dn_only_pool",
         "OK syslog",
     ]
+    assert lines[0].endswith(
+        " | 'atlas'=3;1:;1:;0;3 'atlasprd'=2;1:;1:;0;2 'invariant_violations'=0;;0;0"
+    ), "performance data: available accounts per pool, then invariant violations"
 
 
 @pytest.mark.parametrize(
@@ -165,7 +172,8 @@ def test_a_dn_only_pool_that_does_not_exist_is_critical(cli, tmp_path):
     assert result.code == 2
     assert result.out == (
         "POOLMGR CRITICAL - dn_only_pool names a pool that does not exist "
-        "('nopool'); DN-only requests fail\n"
+        "('nopool'); DN-only requests fail"
+        f"{PERFDATA}\n"
     )
 
 
@@ -187,5 +195,37 @@ def test_an_unreachable_syslog_is_a_warning_naming_it(cli, tmp_path):
     assert result.code == 1
     assert result.out == (
         f"POOLMGR WARNING - syslog {missing} is unreachable "
-        "(No such file or directory)\n"
+        f"(No such file or directory){PERFDATA}\n"
     )
+
+
+def test_a_database_url_that_does_not_parse_is_unknown_in_one_line(capsys):
+    code = main(["--database", "postgresql://u:SECRET@db:port/poolmgr", "check"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (3, "")
+    assert (
+        out == "POOLMGR UNKNOWN - configuration: --database: the value is not a "
+        "database URL (give sqlite:///PATH, postgresql://..., mysql://... or "
+        "mariadb://...).\n"
+    ), "the password is never repeated"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["-w", "lots"], "Invalid value for '--warning' / '-w'"),
+    ],
+    ids=["unknown-option", "bad-threshold"],
+)
+def test_a_mistyped_probe_definition_is_critical_in_one_line(cli, args, line):
+    result = cli("check", *args)
+    assert result.code == 2
+    assert result.out.startswith(f"POOLMGR CRITICAL - usage: {line}")
+    assert result.out.count("\n") == 1
+    assert "Usage: poolmgr check" in result.err
+
+
+def test_other_check_commands_keep_plain_usage_errors(cli):
+    result = cli("vocards", "check", "--bogus")
+    assert (result.code, result.out) == (2, "")

@@ -2,12 +2,18 @@
 
 import json
 import pwd
+import re
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+
+from poolmgr.site_commands import run_command
+from tests.factories import at
+from tests.test_recycle import BOUNDARIES
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -135,8 +141,8 @@ def test_in_use_refuses_an_override_unless_ignored(cli, configure):
     refused = cli("recycle", "--force", "atlas001", "--reason", REASON)
     assert refused.code == 12
     assert refused.err == (
-        "poolmgr: Account 'atlas001' is in use (in use); add --ignore-in-use "
-        "to recycle it anyway.\n"
+        "poolmgr: Account 'atlas001' counts as in use (the in-use check says so); "
+        "add --ignore-in-use to recycle it anyway.\n"
     )
     assert lease_of(cli, "atlas001")["ended_at"] is None
 
@@ -145,6 +151,20 @@ def test_in_use_refuses_an_override_unless_ignored(cli, configure):
     )
     assert forced.code == 0
     assert lease_of(cli, "atlas001")["end_reason"] == "override"
+
+
+def test_a_failing_in_use_check_refuses_an_override_and_says_why(cli, configure):
+    sh = shutil.which("sh")
+    configure(f"recycle:\n  in_use_command: [{sh}, -c, 'echo no ps; exit 3']\n")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+    failed = cli("recycle", "--force", "atlas001", "--reason", REASON)
+    assert (failed.code, failed.out) == (12, "")
+    assert failed.err == (
+        "poolmgr: Account 'atlas001' counts as in use (in-use check failed: exit "
+        "status 3: no ps); add --ignore-in-use to recycle it anyway.\n"
+    )
+    assert lease_of(cli, "atlas001")["ended_at"] is None
 
 
 def test_periodic_recycle_postpones_accounts_in_use(cli, configure):
@@ -217,10 +237,46 @@ def test_systemd_and_cron_units_say_what_when_and_who():
     assert "ExecStart=/usr/bin/poolmgr recycle" in service
     assert "User=root" in service
     assert "OnCalendar=daily" in timer
-    assert " root /usr/bin/poolmgr recycle" in cron
+    assert (
+        " root flock -n /run/lock/poolmgr-recycle /usr/bin/poolmgr recycle\n" in cron
+    ), "runs never overlap"
     for text in (service, timer, cron):
         comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
         assert "daily" in comments and "root" in comments
+
+
+def test_audit_units_and_cron_write_the_monthly_html_report(tmp_path):
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    service = (contrib / "systemd/poolmgr-audit.service").read_text()
+    timer = (contrib / "systemd/poolmgr-audit.timer").read_text()
+    cron = (contrib / "cron/poolmgr-audit").read_text()
+    assert "User=root" in service and "StateDirectory=poolmgr/audit" in service
+    assert "OnCalendar=monthly" in timer
+    for text in (service, timer, cron):
+        comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
+        assert "monthly" in comments and "root" in comments
+        assert "poolmgr audit" in comments
+
+    # The cron line, run by sh with a stand-in poolmgr and audit directory.
+    stub = tmp_path / "poolmgr"
+    stub.write_text('#!/bin/sh\necho "$*"\n')
+    stub.chmod(0o755)
+    [line] = [line for line in cron.splitlines() if line.startswith("23 6 1 * * root ")]
+    command = (
+        line.removeprefix("23 6 1 * * root ")
+        .replace("\\%", "%")
+        .replace("/usr/bin/poolmgr", str(stub))
+        .replace("/var/lib/poolmgr/audit", str(tmp_path / "audit"))
+    )
+    ran = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    html, text = ran.stdout.splitlines()
+    assert re.fullmatch(
+        rf"audit --format html --output {tmp_path}/audit/audit-\d{{4}}-\d\d-\d\d\.html",
+        html,
+    ), "the file name carries the day of the run"
+    assert text == "audit --format text", "cron mails the text report"
+    assert (tmp_path / "audit").stat().st_mode & 0o777 == 0o750
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "contrib/examples/cleanup-account.sh"
@@ -245,26 +301,90 @@ def test_example_cleanup_refuses_anything_doubtful(account, uid, message):
     assert result.stderr == f"cleanup-account: {message}\n"
 
 
-def test_example_cleanup_dry_run_prints_its_plan():
+@pytest.mark.parametrize(
+    ("areas", "message"),
+    [
+        (["/"], "refusing scratch area '/'"),
+        (["scratch"], "scratch area 'scratch' is not an absolute path"),
+    ],
+    ids=["root", "relative"],
+)
+def test_example_cleanup_refuses_doubtful_scratch_areas(areas, message):
+    env = {"PATH": "/usr/bin:/bin", "POOLMGR_UID": "0", "CLEANUP_DRY_RUN": "1"}
+    result = subprocess.run(
+        [str(EXAMPLE), *areas, "root"], env=env, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"cleanup-account: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("areas", "searched"),
+    [([], ["/tmp", "/var/tmp"]), (["/tmp", "/dev/shm"], ["/tmp", "/dev/shm"])],
+    ids=["default-areas", "areas-from-the-arguments"],
+)
+def test_example_cleanup_dry_run_under_poolmgr_prints_its_plan(areas, searched):
     try:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no 'nobody' account on this host")
     if Path(nobody.pw_dir).is_dir():
         pytest.skip("'nobody' has a real home here; the plan would include it")
-    env = {
-        "PATH": "/usr/bin:/bin",
+    # As poolmgr runs it: a clean environment, the areas before the account.
+    variables = {
         "POOLMGR_UID": str(nobody.pw_uid),
         "POOLMGR_LEASE_ID": "7",
         "CLEANUP_DRY_RUN": "1",
-        "CLEANUP_SCRATCH": "/tmp",
     }
-    result = subprocess.run(
-        [str(EXAMPLE), "nobody"], env=env, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        f"would run: pkill -KILL -U {nobody.pw_uid}",
-        f"would run: find /tmp -xdev -depth -user {nobody.pw_uid} -delete",
-        f"cleanup-account: nobody (uid {nobody.pw_uid}, lease 7) cleaned",
+    result = run_command([str(EXAMPLE), *areas, "nobody"], variables, 30)
+    assert result.status == 0, result.output
+    uid = nobody.pw_uid
+    finds = [
+        f"would run: find {area} -xdev -depth -user {uid} -delete"
+        for area in searched
+        if Path(area).is_dir()
     ]
+    assert result.output == " ".join(
+        [
+            f"would run: pkill -KILL -U {uid}",
+            *finds,
+            f"cleanup-account: nobody (uid {uid}, lease 7) cleaned",
+        ]
+    )
+
+
+@pytest.mark.parametrize(("quiet", "last_use", "due"), BOUNDARIES)
+def test_the_nightly_run_recycles_exactly_at_the_boundary(
+    cli, configure, quiet, last_use, due
+):
+    configure(f"quiet_period: {quiet}\n")
+    cli("sync")
+    with freeze_time(last_use):
+        assert cli("map", JANE, "--fqan", "/atlas").out == "atlas001\n"
+    with freeze_time(at(due) - timedelta(seconds=1)):
+        for args in (["recycle", "--dry-run"], ["recycle"]):
+            result = cli(*args)
+            assert (result.code, result.out) == (0, "Nothing to recycle.\n"), args
+    with freeze_time(due):
+        plan = cli("recycle", "--dry-run")
+        assert plan.out.startswith("would_recycle account=atlas001 pool=atlas lease=1")
+        assert plan.out.endswith(f'note="due {due}"\n')
+        done = cli("recycle")
+        assert (done.code, done.err) == (0, "")
+        assert done.out.startswith("recycled account=atlas001 pool=atlas lease=1 ")
+    ended = lease_of(cli, "atlas001")
+    assert (ended["ended_at"], ended["last_used_at"]) == (due, last_use)
+
+
+def test_a_last_use_from_a_fast_clock_is_never_old(cli, configure):
+    configure("quiet_period: 1 hour\n")
+    cli("sync")
+    with freeze_time("2025-03-03T00:00:00Z"):
+        cli("map", JANE, "--fqan", "/atlas")
+    with freeze_time("2025-03-01T00:00:00Z"):
+        assert cli("recycle").out == "Nothing to recycle.\n"
+        assert cli("recycle", "--dry-run").out == "Nothing to recycle.\n"
+    with freeze_time("2025-03-03T00:59:59Z"):
+        assert cli("recycle").out == "Nothing to recycle.\n"
+    with freeze_time("2025-03-03T01:00:00Z"):
+        assert cli("recycle").out.startswith("recycled account=atlas001 ")
