@@ -15,7 +15,8 @@ from poolmgr.errors import BadInputError, ConflictError, NoPoolMatchError
 from poolmgr.groupsconf import import_groups_conf
 from poolmgr.models import Account, Pool
 from poolmgr.pools import sync_pools
-from poolmgr.provisioning import ExportOptions, export_text, write_atomically
+from poolmgr.files import write_atomically
+from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.vocards import load_cards
 from poolmgr.yaim import parse_groups_conf, parse_users_conf
 from tests.conftest import make_settings

@@ -1,8 +1,6 @@
 """Commands for the security officer: audit, who, history."""
 
-import os
 import re
-import tempfile
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +15,7 @@ from poolmgr.audit_html import render_html
 from poolmgr.cli.output import emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
-from poolmgr.errors import PoolmgrError
+from poolmgr.files import write_atomically
 from poolmgr.history import parse_zone, person_history, show_time, who_held
 from poolmgr.timeutil import parse_time, utcnow
 from poolmgr.views import LeaseRow
@@ -81,7 +79,7 @@ def audit_command(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_atomically(output, text)
+        write_atomically(output, text, 0o640)
 
 
 def _render(report: AuditReport, report_format: ReportFormat, zone: tzinfo) -> str:
@@ -99,25 +97,6 @@ def parse_since(text: str) -> datetime:
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
         return parse_time(text.strip() + "T00:00Z")
     return parse_time(text)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and a rename; mode 0640."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        raise PoolmgrError(f"Cannot write {str(path)!r}: {exc.strerror}.") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o640)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise PoolmgrError(f"Cannot write {str(path)!r}: {exc.strerror}.") from None
 
 
 def who_command(

@@ -10,8 +10,9 @@ from poolmgr.adoption import ImportReport, import_users_conf
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import VoCardError
+from poolmgr.files import write_atomically
 from poolmgr.groupsconf import import_groups_conf
-from poolmgr.provisioning import ExportOptions, export_text, write_atomically
+from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.settings import Settings
 from poolmgr.timeutil import utcnow
 from poolmgr.vocards import load_cards

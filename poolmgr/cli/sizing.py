@@ -16,7 +16,7 @@ from poolmgr.cli.sizing_html import render_html
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import VoCardError
-from poolmgr.provisioning import write_atomically
+from poolmgr.files import write_atomically
 from poolmgr.sizing import GlexecDemand, PoolSizing, SizingOptions, SizingReport
 from poolmgr.sizing import sizing_report as build_report
 from poolmgr.timeutil import Duration, format_time, utcnow
