@@ -148,6 +148,16 @@ def recycle_blocks(
     return blocks
 
 
+def unblocking_steps(session: Session, account_id: int) -> list[str]:
+    """Return what would let the account be recycled: lift the ban, release the hold."""
+    steps = []
+    if account_id in frozen_accounts(session):
+        steps.append("lift the ban")
+    if account_id in held_accounts(session):
+        steps.append("release the hold")
+    return steps
+
+
 def _account(session: Session, name: str, *, lock: bool) -> Account:
     stmt = select(Account).where(Account.name == name)
     if lock and session.get_bind().dialect.name != "sqlite":

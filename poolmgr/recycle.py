@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from poolmgr import events
 from poolmgr.db import is_sqlite, unit_of_work
 from poolmgr.errors import BadInputError, NotFoundError, PolicyError
-from poolmgr.holds import recycle_blocks
+from poolmgr.holds import recycle_blocks, unblocking_steps
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.settings import Settings
@@ -207,19 +207,40 @@ class Recycler:
         the in-use check says it is in use (unless ignore_in_use, which is
         recorded too).
         """
+        steps = self.force_steps(
+            account, reason, ignore_in_use=ignore_in_use, now=now, dry_run=dry_run
+        )
+        return list(steps)
+
+    def force_steps(
+        self,
+        account: str,
+        reason: str | None,
+        *,
+        ignore_in_use: bool = False,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> Iterator[Outcome]:
+        """Do what force does, yielding the override as soon as it is committed.
+
+        The override comes before the cleanup runs, so a caller that is
+        interrupted during the cleanup has already reported it.
+        """
         reason = check_reason(reason)
         now = now or utcnow()
         target = replace(self._open_target(account), reason=OVERRIDE)
         with unit_of_work(self.engine, write=False) as session:
             blocked = recycle_blocks(session, [target.account_id])
+            steps = unblocking_steps(session, target.account_id)
         if blocked:
             why = blocked[target.account_id]
             raise PolicyError(
-                f"Account {account!r} cannot be recycled: {why}; release the hold "
-                "or lift the ban first."
+                f"Account {account!r} cannot be recycled: {why}; "
+                f"{' and '.join(steps)} first."
             )
         if dry_run:
-            return [Outcome("would_override", target, reason)]
+            yield Outcome("would_override", target, reason)
+            return
         busy = None if ignore_in_use else self._in_use(target)
         if busy is not None:
             raise PolicyError(
@@ -229,7 +250,8 @@ class Recycler:
         ended = self._end(target, now, override=reason, ignore_in_use=ignore_in_use)
         if ended is None:
             raise PolicyError(f"Account {account!r} has no open lease any more.")
-        return [Outcome(OVERRIDE, ended, reason), self._clean(ended, now)]
+        yield Outcome(OVERRIDE, ended, reason)
+        yield self._clean(ended, now)
 
     def _recycle(self, target: Target, now: datetime) -> Iterator[Outcome]:
         busy = self._in_use(target)

@@ -3,11 +3,15 @@
 import json
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+
+from tests.test_site_commands import survivors, wait_for
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -44,14 +48,15 @@ def test_recycle_with_nothing_due_says_so(cli):
     assert (result.code, result.out, result.err) == (0, "Nothing to recycle.\n", "")
 
 
-def test_dry_run_prints_the_plan_then_recycle_does_it(cli):
+def test_dry_run_prints_the_plan_then_recycle_does_it(cli, monkeypatch):
+    monkeypatch.setenv("SUDO_USER", "cron")
     old_lease(cli)
     plan = cli("recycle", "--dry-run")
     assert plan.code == 0
     assert plan.out.startswith("would_recycle account=atlas001 pool=atlas lease=1 ")
     assert lease_of(cli, "atlas001")["ended_at"] is None
 
-    done = cli("recycle", "--by", "cron")
+    done = cli("recycle")
     assert (done.code, done.err) == (0, "")
     assert done.out.startswith("recycled account=atlas001 pool=atlas lease=1 ")
     ended = lease_of(cli, "atlas001")
@@ -85,11 +90,11 @@ def test_failed_cleanup_exits_1_and_is_retried(cli, configure):
         ),
         (
             ["--reason", REASON],
-            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+            "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n",
         ),
         (
             ["--ignore-in-use"],
-            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+            "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n",
         ),
     ],
     ids=["no-reason", "blank-reason", "reason-alone", "ignore-alone"],
@@ -268,3 +273,59 @@ def test_example_cleanup_dry_run_prints_its_plan():
         f"would run: find /tmp -xdev -depth -user {nobody.pw_uid} -delete",
         f"cleanup-account: nobody (uid {nobody.pw_uid}, lease 7) cleaned",
     ]
+
+
+def test_ctrl_c_during_an_override_cleanup_reports_and_stops_it(
+    cli, configure, tmp_path
+):
+    script = tmp_path / "slow-cleanup"
+    script.write_text(SLOW_CLEANUP)
+    script.chmod(0o755)
+    pids = tmp_path / "cleanup.pids"
+    configure(f"recycle:\n  cleanup_command: [{script}, {pids}]\n")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from poolmgr.cli import run; run()"]
+        + ["--config", str(tmp_path / "poolmgr.yaml")]
+        + ["recycle", "--force", "atlas001", "--reason", REASON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = wait_for(pids)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130
+    assert out.startswith("override account=atlas001 "), out
+    assert err == (
+        "poolmgr: interrupted; the override of atlas001 is recorded; the account "
+        "stays out of service (cleaning) until a cleanup succeeds, and the next "
+        "'poolmgr recycle' retries it.\n"
+    )
+    still = survivors(started)
+    assert still == [], f"cleanup processes {still} outlived poolmgr"
+    assert json.loads(cli("show", "atlas001", "--json").out)["state"] == "cleaning"
+
+
+SLOW_CLEANUP = """#!/bin/sh
+sleep 300 &
+echo "$$ $!" > "$1.tmp" && mv "$1.tmp" "$1"
+sleep 300
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--by", "bob"], ["--reason", REASON], ["--ignore-in-use"]],
+    ids=["by", "reason", "ignore-in-use"],
+)
+def test_override_options_without_force_are_refused(cli, args):
+    cli("sync")
+    result = cli("recycle", *args)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n"
+    )
