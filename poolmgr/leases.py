@@ -243,8 +243,9 @@ class Mapper:
             return self._result(held, choice, parsed, new=False)
 
         person = _person_for_lease(conn, parsed.dn, now, seen)
+        nss_skipped: set[int] = set()
         for index, route in enumerate(choice.routes):
-            account = self._pick_account(conn, route, now, person)
+            account = self._pick_account(conn, route, now, person, nss_skipped)
             if account is None:
                 continue
             if index:
@@ -268,12 +269,18 @@ class Mapper:
         raise PoolExhaustedError(
             f"Pool {names[0]} has no free account"
             + (f" (also tried {', '.join(names[1:])})" if len(names) > 1 else "")
-            + f" for {parsed.dn.slash()!r}.",
+            + f" for {parsed.dn.slash()!r}"
+            + _nss_note(len(nss_skipped)),
             pools=names,
         )
 
     def _pick_account(
-        self, conn: Connection, route: Route, now: datetime, person: _Person
+        self,
+        conn: Connection,
+        route: Route,
+        now: datetime,
+        person: _Person,
+        nss_skipped: set[int],
     ) -> Row[Any] | None:
         """Lock and return the best free account of the route's pool, or None.
 
@@ -289,19 +296,26 @@ class Mapper:
             "cutoff": self.quiet.safe_cutoff(now),
             "requester": person.id,
         }
-        account = self._first_usable(conn, params, now, lock=locking)
+        account = self._first_usable(conn, params, now, nss_skipped, lock=locking)
         # Nothing this caller could lock: if an unlocked read still finds a
         # usable account, another transaction holds it for the moment.
         if (
             account is None
             and locking
-            and self._first_usable(conn, params, now, lock=False) is not None
+            and self._first_usable(conn, params, now, nss_skipped, lock=False)
+            is not None
         ):
             raise _Retry("free accounts are locked by concurrent callers")
         return account
 
     def _first_usable(
-        self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
+        self,
+        conn: Connection,
+        params: dict[str, Any],
+        now: datetime,
+        nss_skipped: set[int],
+        *,
+        lock: bool,
     ) -> Row[Any] | None:
         rejected: set[int] = set()
         key = (conn.dialect.name, lock)
@@ -318,7 +332,7 @@ class Mapper:
                 stmt = query.where(Account.id.not_in(rejected)) if rejected else query
                 batch = conn.execute(stmt, params).all()
                 for account in batch:
-                    if self._is_usable(account, now):
+                    if self._is_usable(account, now, nss_skipped):
                         return account
                     rejected.add(account.id)
                 if len(batch) < _BATCH:
@@ -377,7 +391,9 @@ class Mapper:
             )
         return [never_used, rested]
 
-    def _is_usable(self, account: Row[Any], now: datetime) -> bool:
+    def _is_usable(
+        self, account: Row[Any], now: datetime, nss_skipped: set[int]
+    ) -> bool:
         if account.last_used_at is not None and not _quiet_over(
             account, self.quiet, now
         ):
@@ -386,6 +402,7 @@ class Mapper:
             problem = nss.account_problem(account.name, account.uid)
             if problem is not None:
                 logger.warning("account skipped: %s", problem.message)
+                nss_skipped.add(account.id)
                 return False
         return True
 
@@ -770,4 +787,14 @@ def end_lease(
         end_reason=reason,
         last_use=format_time(lease.last_used_at),
         quiet_waived=waive_quiet or None,
+    )
+
+
+def _nss_note(skipped: int) -> str:
+    """Return the end of the exhaustion message, naming accounts NSS hid."""
+    if not skipped:
+        return "."
+    return (
+        f"; {skipped} free account(s) were skipped because they do not resolve "
+        "in NSS with their uid (check_nss is on; see 'poolmgr check --nss')."
     )
