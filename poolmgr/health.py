@@ -27,6 +27,7 @@ from poolmgr.models import Account, Pool
 from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
 from poolmgr.views import pool_summaries
+from poolmgr.wording import counted
 
 MAX_LINE = 1000
 MAX_NAMED = 5
@@ -213,26 +214,35 @@ def check_pools(context: CheckContext) -> CheckResult:
     pools = session.scalars(
         select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
     ).all()
-    critical, warning = [], []
+    critical, warning, exhausted = [], [], []
     for pool in pools:
         total, left = provisioned.get(pool.id, 0), available.get(pool.id, 0)
         text = f"{pool.name} {left}/{total}"
+        if total and left == 0:
+            exhausted.append(text)
         if total and left * 100 <= options.critical * total:
             critical.append(text)
         elif total and left * 100 <= options.warning * total:
             warning.append(text)
     if critical or warning:
         status = Status.CRITICAL if critical else Status.WARNING
-        return CheckResult(
-            "pools",
-            status,
-            "pools near exhaustion (available/accounts): " + _names(critical + warning),
-        )
+        near = [text for text in critical + warning if text not in exhausted]
+        return CheckResult("pools", status, _pools_line(exhausted, near))
     return CheckResult(
         "pools",
         Status.OK,
-        f"{len(pools)} pools above {options.warning:g}% available accounts",
+        f"{counted(len(pools), 'pool')} above {options.warning:g}% available accounts",
     )
+
+
+def _pools_line(exhausted: list[str], near: list[str]) -> str:
+    parts = []
+    if exhausted:
+        parts.append("pools exhausted (available/accounts): " + _names(exhausted))
+    if near:
+        where = "" if exhausted else " (available/accounts)"
+        parts.append(f"pools near exhaustion{where}: " + _names(near))
+    return "; ".join(parts)
 
 
 def available_accounts(

@@ -43,7 +43,8 @@ from sqlalchemy.orm import Session
 
 from poolmgr import events
 from poolmgr.db import is_sqlite, unit_of_work
-from poolmgr.errors import BadInputError, NotFoundError, PolicyError
+from poolmgr.errors import NotFoundError, PolicyError
+from poolmgr.freetext import check_actor, check_reason
 from poolmgr.holds import recycle_blocks, unblocking_steps
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
@@ -55,7 +56,6 @@ QUIET_PERIOD = "quiet_period"
 OVERRIDE = "override"
 OUT_OF_SERVICE = "cleaning"
 FAILURES = frozenset({"cleanup_failed", "check_failed"})
-MAX_REASON = 2000
 _BATCH = 200
 
 
@@ -436,24 +436,6 @@ class Recycler:
         argv = [*command, target.account]
         variables = command_variables(target, purpose)
         return self.runner(argv, variables, self.settings.recycle.command_timeout)
-
-
-def check_reason(reason: str | None) -> str:
-    """Return the override reason stripped; BadInputError when empty or huge."""
-    text = (reason or "").strip()
-    if not text:
-        raise BadInputError("An override needs a reason (--reason TEXT).")
-    if len(text) > MAX_REASON:
-        raise BadInputError(f"The reason is longer than {MAX_REASON} characters.")
-    return text
-
-
-def check_actor(actor: str) -> str:
-    """Return the actor name; BadInputError when empty, too long or unprintable."""
-    name = actor.strip()
-    if not name or len(name) > 128 or not name.isprintable():
-        raise BadInputError(f"Actor {actor[:80]!r} is not a usable name.")
-    return name
 
 
 def _target_select() -> Select[*tuple[Any, ...]]:

@@ -23,7 +23,9 @@ users.conf and groups.conf are YAIM's formats; a pool's flag is the one
 imported with it, or follows its VO card type (software sgm, production
 prd, pilot pilot). Output is sorted by uid, gid or routing order, and
 --output replaces the file atomically. Retired accounts are written unless
---exclude-retired: they still own files and their uids are never reused."""
+--exclude-retired: they still own files and their uids are never reused.
+Exit codes: 0 written; 1 the file could not be written; 2 bad option; 8
+database unavailable; 13 a gid with two names (group)."""
 
 IMPORT_EPILOG = """Adopting a site that YAIM configured, without renumbering:
 (1) 'poolmgr import users.conf FILE' creates one pool per account prefix

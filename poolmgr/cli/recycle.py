@@ -8,8 +8,9 @@ import typer
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import BadInputError
+from poolmgr.freetext import check_reason
 from poolmgr.history import touch_account
-from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, Outcome, Recycler, check_reason
+from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, Outcome, Recycler
 from poolmgr.timeutil import format_time, utcnow
 
 RECYCLE_EPILOG = """Without --force: retries the accounts whose cleanup failed

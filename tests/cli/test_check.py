@@ -47,7 +47,7 @@ def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
             3,
             [],
             2,
-            "POOLMGR CRITICAL - pools near exhaustion (available/accounts): atlas 0/3",
+            "POOLMGR CRITICAL - pools exhausted (available/accounts): atlas 0/3",
         ),
     ],
     ids=["ok", "warning", "critical"],

@@ -82,11 +82,11 @@ def test_failed_cleanup_exits_1_and_is_retried(cli, configure):
     [
         (
             ["--force", "atlas001"],
-            "poolmgr: An override needs a reason (--reason TEXT).\n",
+            "poolmgr: A reason is required (--reason TEXT).\n",
         ),
         (
             ["--force", "atlas001", "--reason", "  "],
-            "poolmgr: An override needs a reason (--reason TEXT).\n",
+            "poolmgr: A reason is required (--reason TEXT).\n",
         ),
         (
             ["--reason", REASON],
