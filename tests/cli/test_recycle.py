@@ -1,6 +1,7 @@
 """poolmgr recycle and touch at the command line."""
 
 import json
+import os
 import pwd
 import shutil
 import signal
@@ -329,3 +330,87 @@ def test_override_options_without_force_are_refused(cli, args):
     assert result.err == (
         "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n"
     )
+
+
+IN_USE = Path(__file__).resolve().parents[2] / "contrib/examples/account-in-use.sh"
+
+
+def run_in_use_check(account, tmp_path, squeue=None):
+    """Run the example in-use check, with a fake Slurm client if given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if squeue is not None:
+        (bin_dir / "squeue").write_text(f"#!/bin/sh\n{squeue}\n")
+        (bin_dir / "squeue").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return subprocess.run(
+        [str(IN_USE), account], env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture
+def idle_account():
+    """An account with no processes here (nobody), or skip."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' account on this host")
+    if subprocess.run(["pgrep", "-U", str(nobody.pw_uid)], check=False).returncode == 0:
+        pytest.skip("'nobody' runs processes on this host")
+    return "nobody"
+
+
+@pytest.mark.parametrize(
+    ("squeue", "code", "out", "err"),
+    [
+        (None, 1, "", ""),
+        ("exit 0", 1, "", ""),
+        ("echo 4242", 0, "account-in-use: nobody is in use: Slurm jobs\n", ""),
+        ("echo down >&2; exit 1", 2, "", "account-in-use: Slurm query failed: down\n"),
+    ],
+    ids=["no-batch-system", "no-jobs", "queued-job", "slurm-down"],
+)
+def test_example_in_use_check_looks_at_batch_jobs(
+    idle_account, tmp_path, squeue, code, out, err
+):
+    result = run_in_use_check(idle_account, tmp_path, squeue)
+    assert (result.returncode, result.stdout, result.stderr) == (code, out, err)
+
+
+def test_example_in_use_check_sees_processes_and_refuses_unknown_accounts(tmp_path):
+    busy = run_in_use_check(pwd.getpwuid(os.getuid()).pw_name, tmp_path)
+    assert busy.returncode == 0
+    assert busy.stdout.endswith("is in use: processes on " + os.uname().nodename + "\n")
+    unknown = run_in_use_check("nosuchuser123", tmp_path)
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "account-in-use: unknown account 'nosuchuser123'\n",
+    )
+
+
+def test_state_directory_mode_agrees_between_unit_readme_and_nagios_notes():
+    top = Path(__file__).resolve().parents[2]
+    unit = (top / "contrib/systemd/poolmgr.service").read_text()
+    readme = (top / "README.md").read_text()
+    nagios = (top / "contrib/nagios/README.md").read_text()
+    assert "StateDirectoryMode=0750\n" in unit
+    assert "install -d -m 0750 /etc/poolmgr /etc/poolmgr/vocards /var/lib/poolmgr" in (
+        readme
+    )
+    assert "setfacl -m u:nagios:rx /var/lib/poolmgr" in nagios
+
+
+def test_readme_install_creates_every_directory_it_copies_into():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    steps = [line[2:] for line in readme.splitlines() if line.startswith("# ")]
+    made = {"/etc/systemd/system"}  # exists wherever the units are used
+    for step in steps:
+        words = step.split("#")[0].split()
+        if words[:2] == ["install", "-d"]:
+            made.update(w for w in words[2:] if w.startswith("/"))
+        elif words[:1] in (["install"], ["cp"]):
+            target = words[-1]
+            directory = target if target.endswith("/") else str(Path(target).parent)
+            assert directory.rstrip("/") in made, f"{step!r}: no install -d first"
+    assert any(step.startswith("poolmgr sync") for step in steps)
+    assert any(step.startswith("poolmgr export passwd") for step in steps)
