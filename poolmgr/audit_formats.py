@@ -135,7 +135,7 @@ def sections(report: AuditReport) -> list[Section]:
         ),
         Section(
             "history",
-            "History check",
+            "History check: handovers inside the quiet period without an override",
             len(report.history.violations),
             ["Account", "Pool", "Problem", "Started", "Quiet until", "DN"]
             + ["Previous DN"],
@@ -181,7 +181,9 @@ def render_text(report: AuditReport, zone: tzinfo = UTC) -> str:
         t.line(title if section.count is None else f"{title} ({section.count})")
         if section.note:
             t.line(section.note)
-        t.table([h.upper() for h in section.headers], section.rows)
+        if section.rows or not section.note:
+            # An empty table says "(none)", unless its note said it already.
+            t.table([h.upper() for h in section.headers], section.rows)
     return t.text()
 
 

@@ -42,7 +42,6 @@ from poolmgr import events
 from poolmgr.bans import (
     BanEntry,
     bump_version,
-    check_text,
     count_active,
     dn_entry,
     dn_pattern_entry,
@@ -61,6 +60,7 @@ from poolmgr.errors import (
     NotFoundError,
     PolicyError,
 )
+from poolmgr.freetext import check_reason
 from poolmgr.models import Ban, BanSync
 from poolmgr.settings import BanSourceSettings, Settings
 from poolmgr.timeutil import utcnow
@@ -398,7 +398,7 @@ def forget_source(
     Raises PolicyError while the source is configured (a sync decides its
     bans then) and NotFoundError when no ban of it is in force.
     """
-    reason = check_text(reason)
+    reason = check_reason(reason)
     if any(source.name == name for source in settings.ban_sources):
         raise PolicyError(
             f"Ban source {name!r} is still configured; its bans follow its list."

@@ -41,12 +41,12 @@ from poolmgr.errors import (
     PoolmgrError,
 )
 from poolmgr.fqan import parse_fqan
+from poolmgr.freetext import check_reason
 from poolmgr.identities import X509, key_hash
 from poolmgr.models import Ban, BanState, Identity, Lease
 
 HAND = "hand"
 DN, DN_PATTERN, FQAN, FQAN_PATTERN = "dn", "dn-pattern", "fqan", "fqan-pattern"
-MAX_REASON = 2000
 _NAMED_PROXIES = ("proxy", "limited proxy")
 
 
@@ -222,18 +222,6 @@ def bump_version(session: Session, now: datetime) -> None:
         session.flush()
 
 
-def check_text(value: str | None, what: str = "reason") -> str:
-    """Return a required reason stripped; BadInputError when empty or huge."""
-    text = (value or "").strip()
-    if not text:
-        raise BadInputError(f"A {what} is required (--reason TEXT).")
-    if len(text) > MAX_REASON or not text.isprintable():
-        raise BadInputError(
-            f"The {what} must be printable and at most {MAX_REASON} characters."
-        )
-    return text
-
-
 def add_ban(
     session: Session, entry: BanEntry, *, reason: str, actor: str, now: datetime
 ) -> tuple[Ban, bool]:
@@ -243,7 +231,7 @@ def add_ban(
     keeps their ban unchanged; a source ban on them does not count, as hand
     bans and source bans are kept apart.
     """
-    reason = check_text(reason)
+    reason = check_reason(reason)
     lock_bans(session)
     existing = _active(session, HAND, entry.key_hash)
     if existing is not None:
@@ -275,7 +263,7 @@ def lift_ban(
     Raises NotFoundError when no hand ban matches, and PolicyError when only
     a central list bans it (a sync of that source has to drop it).
     """
-    reason = check_text(reason)
+    reason = check_reason(reason)
     lock_bans(session)
     ban = _active(session, HAND, entry.key_hash)
     if ban is None:

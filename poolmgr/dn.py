@@ -77,6 +77,10 @@ _OID = re.compile(r"(?:oid\.)?([0-9]+(?:\.[0-9]+)+)", re.IGNORECASE)
 # Line breaks and bidi overrides would let a DN forge log lines or displays;
 # invisible characters (zero-width, soft hyphen, BOM) and spaces other than
 # U+0020 would let two DNs that print alike be two different persons.
+# Command-line arguments and environment values that are not valid UTF-8
+# reach Python with each bad byte as a lone surrogate U+DC80..U+DCFF.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
 _FORBIDDEN = re.compile(
     "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
     "\u00a0\u00ad\u061c\u180e\u2000-\u200f\u202f\u205f-\u2064\u3000\ufeff]"
@@ -169,10 +173,18 @@ def parse_subject(text: str) -> DistinguishedName:
 
 
 def quote_input(text: str) -> str:
-    """Return text quoted for an error message, cut short if hostile."""
-    if len(text) <= 200:
-        return repr(text)
-    return f"{text[:200]!r}..."
+    """Return text quoted for an error message, cut short if hostile.
+
+    Bytes that were not valid UTF-8 (which Python keeps as lone surrogates)
+    are shown as the bytes they were, e.g. \\xff.
+    """
+    shown = repr(text[:200]) + ("..." if len(text) > 200 else "")
+    return _ESCAPED_BYTE.sub(r"\\x\1", shown)
+
+
+def is_valid_utf8(text: str) -> bool:
+    """Return False when text holds bytes that were not valid UTF-8."""
+    return _NOT_UTF8.search(text) is None
 
 
 @lru_cache(maxsize=4096)
@@ -212,6 +224,8 @@ def _check_text(text: str) -> None:
         raise _bad(text, f"is longer than {MAX_LENGTH} characters")
     if not text.strip(" "):
         raise _bad(text, "is empty")
+    if not is_valid_utf8(text):
+        raise _bad(text, "is not valid UTF-8")
     if _FORBIDDEN.search(text):
         raise _bad(text, "contains a control or invisible character")
     if "=" not in text:

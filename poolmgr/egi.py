@@ -28,9 +28,7 @@ pilot pools min(10, members), software pools min(2, members); a VO that
 publishes no count keeps 0 everywhere.
 """
 
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from defusedxml import ElementTree as SafeET
 from pydantic import ValidationError
 
 from poolmgr.errors import BadInputError, PoolmgrError, VoCardError
+from poolmgr.files import write_atomically
 from poolmgr.fqan import parse_fqan
 from poolmgr.vocards import (
     CARD_SUFFIXES,
@@ -179,13 +178,7 @@ def _import_one(
     if skipped:
         report.skipped[source.name] = skipped
     text = _header(source, report.source, sizes) + _dump(data)
-    try:
-        written = _write_atomic(target, text, replace=overwrite)
-    except OSError as exc:
-        raise PoolmgrError(
-            f"{target}: cannot write the VO card: {exc.strerror}."
-        ) from None
-    if written:
+    if write_atomically(target, text, replace=overwrite):
         report.written.append(target)
     else:
         report.kept.append(target)
@@ -499,25 +492,3 @@ def _header(source: _Source, xml_path: Path, sizes: str) -> str:
     else:
         lines.append("# accounts: 0 means not sized yet: set the size of each pool.")
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str, *, replace: bool) -> bool:
-    """Write text to path through a temporary file; return False if it exists."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        if replace:
-            os.replace(temp, path)
-            return True
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)

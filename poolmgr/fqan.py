@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from poolmgr.dn import quote_input
+from poolmgr.dn import is_valid_utf8, quote_input
 from poolmgr.errors import BadInputError
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def _check_text(text: str, what: str) -> None:
         raise _bad(what, text, f"is longer than {MAX_LENGTH} characters")
     if not text.startswith("/"):
         raise _bad(what, text, "must start with '/'")
+    if not is_valid_utf8(text):
+        raise _bad(what, text, "is not valid UTF-8")
     if _UNPRINTABLE.search(text):
         raise _bad(what, text, "contains whitespace or a control character")
 

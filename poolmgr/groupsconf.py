@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from poolmgr.adoption import ImportReport, refuse
 from poolmgr.errors import VoCardError
+from poolmgr.files import write_atomically
 from poolmgr.models import Pool
-from poolmgr.provisioning import write_atomically
 from poolmgr.vocards import FORMAT, VoCard, load_card
 from poolmgr.yaim import GroupLine, parse_groups_conf, read_text
 

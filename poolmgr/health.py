@@ -31,6 +31,7 @@ from poolmgr.provisioning import parse_groups
 from poolmgr.settings import Settings
 from poolmgr.timeutil import format_time
 from poolmgr.views import pool_summaries
+from poolmgr.wording import counted
 
 MAX_LINE = 1000
 MAX_NAMED = 5
@@ -223,10 +224,12 @@ def check_pools(context: CheckContext) -> CheckResult:
     pools = session.scalars(
         select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
     ).all()
-    critical, warning, perfdata = [], [], []
+    critical, warning, exhausted, perfdata = [], [], [], []
     for pool in pools:
         total, left = provisioned.get(pool.id, 0), available.get(pool.id, 0)
         text = f"{pool.name} {left}/{total}"
+        if total and left == 0:
+            exhausted.append(text)
         if total and left * 100 <= options.critical * total:
             critical.append(text)
         elif total and left * 100 <= options.warning * total:
@@ -234,18 +237,26 @@ def check_pools(context: CheckContext) -> CheckResult:
         perfdata.append(_pool_perfdata(pool.name, left, total, options))
     if critical or warning:
         status = Status.CRITICAL if critical else Status.WARNING
+        near = [text for text in critical + warning if text not in exhausted]
         return CheckResult(
-            "pools",
-            status,
-            "pools near exhaustion (available/accounts): " + _names(critical + warning),
-            tuple(perfdata),
+            "pools", status, _pools_line(exhausted, near), tuple(perfdata)
         )
     return CheckResult(
         "pools",
         Status.OK,
-        f"{len(pools)} pools above {options.warning:g}% available accounts",
+        f"{counted(len(pools), 'pool')} above {options.warning:g}% available accounts",
         tuple(perfdata),
     )
+
+
+def _pools_line(exhausted: list[str], near: list[str]) -> str:
+    parts = []
+    if exhausted:
+        parts.append("pools exhausted (available/accounts): " + _names(exhausted))
+    if near:
+        where = "" if exhausted else " (available/accounts)"
+        parts.append(f"pools near exhaustion{where}: " + _names(near))
+    return "; ".join(parts)
 
 
 def _pool_perfdata(name: str, left: int, total: int, options: CheckOptions) -> str:

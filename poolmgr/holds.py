@@ -22,8 +22,9 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from poolmgr import events
-from poolmgr.bans import check_text, frozen_accounts, frozen_leases
+from poolmgr.bans import frozen_accounts, frozen_leases
 from poolmgr.errors import NotFoundError
+from poolmgr.freetext import check_reason
 from poolmgr.models import Account, Hold, Identity, Lease, Pool
 from poolmgr.timeutil import format_time
 
@@ -55,7 +56,7 @@ def hold_account(
     Raises NotFoundError for an unknown account and BadInputError without a
     reason. An account already held keeps its first hold unchanged.
     """
-    reason = check_text(reason)
+    reason = check_reason(reason)
     account = _account(session, name, lock=True)
     existing = _open_hold(session, account.id)
     if existing is not None:
@@ -77,7 +78,7 @@ def release_account(
     session: Session, name: str, *, reason: str, actor: str, now: datetime
 ) -> Hold:
     """End the hold on account name and return it; NotFoundError if none."""
-    reason = check_text(reason)
+    reason = check_reason(reason)
     account = _account(session, name, lock=True)
     hold = _open_hold(session, account.id)
     if hold is None:
@@ -146,6 +147,16 @@ def recycle_blocks(
         wanted = set(account_ids)
         blocks = {k: v for k, v in blocks.items() if k in wanted}
     return blocks
+
+
+def unblocking_steps(session: Session, account_id: int) -> list[str]:
+    """Return what would let the account be recycled: lift the ban, release the hold."""
+    steps = []
+    if account_id in frozen_accounts(session):
+        steps.append("lift the ban")
+    if account_id in held_accounts(session):
+        steps.append("release the hold")
+    return steps
 
 
 def _account(session: Session, name: str, *, lock: bool) -> Account:

@@ -8,12 +8,9 @@ Retired accounts are kept by default: they still own files, and poolmgr
 never gives their uids to anybody else.
 """
 
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -189,19 +186,3 @@ def _flag_clashes(pools: list[Pool], flags: Mapping[str, str]) -> list[str]:
         for (vo, flag), names in sorted(shared.items())
         if len(names) > 1
     ]
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write text to path through a temporary file and a rename."""
-    directory = path.parent
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -43,8 +43,9 @@ from sqlalchemy.orm import Session
 
 from poolmgr import events
 from poolmgr.db import is_sqlite, unit_of_work
-from poolmgr.errors import BadInputError, NotFoundError, PolicyError
-from poolmgr.holds import recycle_blocks
+from poolmgr.errors import NotFoundError, PolicyError
+from poolmgr.freetext import check_actor, check_reason
+from poolmgr.holds import recycle_blocks, unblocking_steps
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.settings import Settings
@@ -55,7 +56,6 @@ QUIET_PERIOD = "quiet_period"
 OVERRIDE = "override"
 OUT_OF_SERVICE = "cleaning"
 FAILURES = frozenset({"cleanup_failed", "check_failed"})
-MAX_REASON = 2000
 _BATCH = 200
 
 
@@ -207,19 +207,40 @@ class Recycler:
         the in-use check says it is in use (unless ignore_in_use, which is
         recorded too).
         """
+        steps = self.force_steps(
+            account, reason, ignore_in_use=ignore_in_use, now=now, dry_run=dry_run
+        )
+        return list(steps)
+
+    def force_steps(
+        self,
+        account: str,
+        reason: str | None,
+        *,
+        ignore_in_use: bool = False,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> Iterator[Outcome]:
+        """Do what force does, yielding the override as soon as it is committed.
+
+        The override comes before the cleanup runs, so a caller that is
+        interrupted during the cleanup has already reported it.
+        """
         reason = check_reason(reason)
         now = now or utcnow()
         target = replace(self._open_target(account), reason=OVERRIDE)
         with unit_of_work(self.engine, write=False) as session:
             blocked = recycle_blocks(session, [target.account_id])
+            steps = unblocking_steps(session, target.account_id)
         if blocked:
             why = blocked[target.account_id]
             raise PolicyError(
-                f"Account {account!r} cannot be recycled: {why}; release the hold "
-                "or lift the ban first."
+                f"Account {account!r} cannot be recycled: {why}; "
+                f"{' and '.join(steps)} first."
             )
         if dry_run:
-            return [Outcome("would_override", target, reason)]
+            yield Outcome("would_override", target, reason)
+            return
         busy = None if ignore_in_use else self._in_use(target)
         if busy is not None:
             action, why = busy
@@ -231,7 +252,8 @@ class Recycler:
         ended = self._end(target, now, override=reason, ignore_in_use=ignore_in_use)
         if ended is None:
             raise PolicyError(f"Account {account!r} has no open lease any more.")
-        return [Outcome(OVERRIDE, ended, reason), self._clean(ended, now)]
+        yield Outcome(OVERRIDE, ended, reason)
+        yield self._clean(ended, now)
 
     def _recycle(self, target: Target, now: datetime) -> Iterator[Outcome]:
         busy = self._in_use(target)
@@ -416,24 +438,6 @@ class Recycler:
         argv = [*command, target.account]
         variables = command_variables(target, purpose)
         return self.runner(argv, variables, self.settings.recycle.command_timeout)
-
-
-def check_reason(reason: str | None) -> str:
-    """Return the override reason stripped; BadInputError when empty or huge."""
-    text = (reason or "").strip()
-    if not text:
-        raise BadInputError("An override needs a reason (--reason TEXT).")
-    if len(text) > MAX_REASON:
-        raise BadInputError(f"The reason is longer than {MAX_REASON} characters.")
-    return text
-
-
-def check_actor(actor: str) -> str:
-    """Return the actor name; BadInputError when empty, too long or unprintable."""
-    name = actor.strip()
-    if not name or len(name) > 128 or not name.isprintable():
-        raise BadInputError(f"Actor {actor[:80]!r} is not a usable name.")
-    return name
 
 
 def _target_select() -> Select[*tuple[Any, ...]]:

@@ -1,7 +1,8 @@
 """Running the site's own commands (cleanup, in-use check): argv, never a shell.
 
 A command runs in a session of its own with a clean environment, so that a
-timeout kills it together with every process it started, and nothing of
+timeout, or an interruption of poolmgr, kills it together with every process
+it started, and nothing of
 poolmgr's environment (a database URL with a password, say) leaks into it.
 Its output goes to a temporary file, of which only the tail is kept: a
 cleanup that lists a million deleted files cannot fill memory.
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -59,10 +61,21 @@ def run_command(
             status: int | None = proc.wait(timeout=timeout)
             problem = None
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill_group(proc)
             status, problem = None, f"timed out after {timeout} s"
+        except BaseException:
+            # poolmgr is interrupted (Ctrl-C, SIGTERM): the command runs in
+            # its own session and would not get the signal, so stop it here.
+            _kill_group(proc)
+            raise
         return CommandResult(status, _tail(output), problem)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command and every process of its group; reap the command."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _tail(handle: BinaryIO) -> str:

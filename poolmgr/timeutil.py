@@ -96,6 +96,16 @@ class Duration:
             fields[name] = fields.get(name, 0) + int(amount)
         return cls(text=text.strip(), delta=relativedelta(**fields).normalized())
 
+    @classmethod
+    def parse_positive(cls, text: str, what: str) -> "Duration":
+        """Parse like parse; BadInputError also when it is not longer than zero."""
+        duration = cls.parse(text)
+        if not duration.is_positive():
+            raise BadInputError(
+                f"{what} must be longer than zero, not {duration.text[:80]!r}."
+            )
+        return duration
+
     def is_positive(self) -> bool:
         """Return whether the duration is longer than zero."""
         probe = datetime(2001, 1, 1, tzinfo=UTC)

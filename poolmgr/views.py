@@ -152,13 +152,20 @@ def list_leases(
     include_ended: bool = False,
     limit: int | None = None,
 ) -> list[LeaseRow]:
-    """Return leases matching the filters, newest first."""
+    """Return leases matching the filters, newest first.
+
+    Raises NotFoundError when the pool or account named does not exist.
+    """
     stmt = _lease_select()
     if not include_ended:
         stmt = stmt.where(Lease.open_marker == 1)
     if pool is not None:
+        _require(
+            session, Pool, pool, f"Unknown pool {pool[:64]!r}; see 'poolmgr pools'."
+        )
         stmt = stmt.where(Pool.name == pool)
     if account is not None:
+        _require(session, Account, account, f"No pool account named {account[:64]!r}.")
         stmt = stmt.where(Account.name == account)
     if dn is not None:
         identity = find_identity(session, parse_subject(dn))
@@ -169,6 +176,13 @@ def list_leases(
     if limit is not None:
         stmt = stmt.limit(limit)
     return [_row(*row) for row in session.execute(stmt)]
+
+
+def _require(
+    session: Session, model: type[Pool] | type[Account], name: str, message: str
+) -> None:
+    if session.scalar(select(model.id).where(model.name == name)) is None:
+        raise NotFoundError(message)
 
 
 def account_detail(session: Session, name: str) -> AccountDetail:

@@ -687,3 +687,17 @@ def test_any_text_parses_or_raises_bad_input(text, issuer):
     except BadInputError:
         return
     assert dn.rdns, f"{text!r} parsed to an empty DN"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("/CN=a\udcff\udcfe", "DN '/CN=a\\xff\\xfe' is not valid UTF-8."),
+        ("CN=J\udcc3,DC=org", "DN 'CN=J\\xc3,DC=org' is not valid UTF-8."),
+    ],
+    ids=["two-bad-bytes", "truncated-sequence"],
+)
+def test_a_dn_argument_that_is_not_utf8_says_so(text, message):
+    with pytest.raises(BadInputError) as raised:
+        parse_dn(text)
+    assert str(raised.value) == message

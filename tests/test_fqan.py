@@ -389,3 +389,9 @@ def test_canonical_form_parses_back_to_the_same_fqan(fqan):
     parsed, warnings = parse_fqan(str(fqan))
     assert (parsed, warnings) == (fqan, [])
     assert parse_rule(str(fqan)).matches(fqan)
+
+
+def test_an_fqan_argument_that_is_not_utf8_says_so():
+    with pytest.raises(BadInputError) as raised:
+        parse_fqan("/atlas\udcff")
+    assert str(raised.value) == "FQAN '/atlas\\xff' is not valid UTF-8."

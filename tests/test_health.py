@@ -92,8 +92,8 @@ def test_an_unreachable_server_is_critical_in_one_line():
 @pytest.mark.parametrize(
     ("size", "leased", "status", "message"),
     [
-        (10, 0, Status.OK, "1 pools above 10% available accounts"),
-        (10, 8, Status.OK, "1 pools above 10% available accounts"),
+        (10, 0, Status.OK, "1 pool above 10% available accounts"),
+        (10, 8, Status.OK, "1 pool above 10% available accounts"),
         (
             10,
             9,
@@ -104,7 +104,7 @@ def test_an_unreachable_server_is_critical_in_one_line():
             10,
             10,
             Status.CRITICAL,
-            "pools near exhaustion (available/accounts): atlas 0/10",
+            "pools exhausted (available/accounts): atlas 0/10",
         ),
     ],
     ids=["empty", "two-left", "one-left", "none-left"],
@@ -121,6 +121,24 @@ def test_thresholds_are_options(sqlite_engine, site):
     assert (result.status, result.message) == (
         Status.CRITICAL,
         "pools near exhaustion (available/accounts): atlas 3/10",
+    )
+
+
+def test_exhausted_and_near_pools_are_named_apart(sqlite_engine, site):
+    sync(
+        sqlite_engine,
+        site,
+        [pool("atlas", "atlas", 10, "/atlas"), pool("cms", "cms", 2, "/cms")],
+    )
+    for n in range(9):
+        map_dn(sqlite_engine, site, f"/DC=org/DC=example/CN=A{n}", "/atlas", now=NOW)
+    for n in range(2):
+        map_dn(sqlite_engine, site, f"/DC=org/DC=example/CN=C{n}", "/cms", now=NOW)
+    result = check(sqlite_engine, "pools")
+    assert (result.status, result.message) == (
+        Status.CRITICAL,
+        "pools exhausted (available/accounts): cms 0/2; "
+        "pools near exhaustion: atlas 1/10",
     )
 
 

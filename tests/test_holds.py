@@ -5,9 +5,15 @@ from sqlalchemy import select
 
 from poolmgr.bans import add_ban, dn_entry
 from poolmgr.db import unit_of_work
-from poolmgr.errors import BadInputError, NotFoundError, PoolExhaustedError
+from poolmgr.errors import (
+    BadInputError,
+    NotFoundError,
+    PolicyError,
+    PoolExhaustedError,
+)
 from poolmgr.holds import hold_account, list_holds, recycle_blocks, release_account
 from poolmgr.models import Account, Event
+from poolmgr.recycle import Recycler
 from tests.factories import at, map_dn, pool, sync
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
@@ -119,3 +125,28 @@ def test_recycle_blocks_name_frozen_and_held_accounts(sqlite_engine, site):
         in (blocks[ids["atlas001"]])
     )
     assert list(only) == [ids["atlas002"]]
+
+
+@pytest.mark.parametrize(
+    ("banned", "held", "step"),
+    [
+        (True, False, "; lift the ban first."),
+        (False, True, "; release the hold first."),
+        (True, True, "; lift the ban and release the hold first."),
+    ],
+    ids=["ban-only", "hold-only", "both"],
+)
+def test_a_refused_override_names_what_blocks_it(
+    sqlite_engine, site, banned, held, step
+):
+    sync(sqlite_engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    map_dn(sqlite_engine, site, JANE, "/atlas")
+    if banned:
+        with unit_of_work(sqlite_engine) as session:
+            add_ban(session, dn_entry(JANE), reason="incident", actor="sec", now=NOW)
+    if held:
+        hold(sqlite_engine, "atlas001")
+
+    with pytest.raises(PolicyError) as refused:
+        Recycler(sqlite_engine, site, actor="sec").force("atlas001", "disk full")
+    assert str(refused.value).endswith(step), str(refused.value)

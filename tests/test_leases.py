@@ -4,6 +4,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
+from poolmgr import nss
 from poolmgr.db import unit_of_work
 from poolmgr.errors import (
     BadInputError,
@@ -466,3 +467,22 @@ def test_a_pool_whose_free_accounts_are_all_resting_is_exhausted_at_once(engine,
         )
     with pytest.raises(PoolExhaustedError):
         map_dn(engine, site, JANE, "/atlas", now=at("2025-06-01T00:00:00Z"))
+
+
+def test_exhaustion_counts_free_accounts_nss_does_not_resolve(
+    engine, site, monkeypatch
+):
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    map_dn(engine, site, KIM, "/atlas", now=at("2025-05-01T00:00:00Z"))
+    monkeypatch.setattr(nss, "_fetch", lambda kind, key: None)
+    nss.clear_cache()
+    checking = make_settings(check_nss=True)
+
+    with pytest.raises(PoolExhaustedError) as exhausted:
+        map_dn(engine, checking, JANE, "/atlas", now=at("2025-06-01T00:00:00Z"))
+    nss.clear_cache()
+    assert str(exhausted.value) == (
+        f"Pool atlas has no free account for {JANE!r}; 2 free account(s) do not "
+        "resolve on this host (atlas002, atlas003): create them, or set "
+        "check_nss: false."
+    )

@@ -438,7 +438,7 @@ def test_f14_early_recycle_override_and_traceability(engine):
             map_dn(engine, settings, ELI, "/atlas")
         # 2: an override needs a reason.
         for missing in (None, "", "   "):
-            with pytest.raises(BadInputError, match="needs a reason"):
+            with pytest.raises(BadInputError, match="reason is required"):
                 worker.force("atlas001", missing)
         # 3: the in-use check reports a running process.
         commands.status["in-use-check"] = 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's quick start: syncs the shipped VO cards into an embedded
-# SQLite database and maps a few fictitious people. The database and its
-# configuration go to $DEMO_DIR (default ./demo). Run from anywhere with
+# SQLite database, maps a few fictitious people, and asks the mapping
+# service (started on a socket in the demo directory, stopped at the end)
+# for one of them. The database, its configuration, the socket and the
+# service's log go to $DEMO_DIR (default ./demo). Run from anywhere with
 # poolmgr on PATH; `make demo` does both.
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -43,3 +45,28 @@ run poolmgr map "/DC=org/DC=example/OU=Robots/CN=pilotbot/host01.example.org" \
     --fqan /lhcb/Role=pilot
 run poolmgr leases
 run poolmgr show atlas001
+
+# The mapping service, as the LCMAPS plugin talks to it; relative socket
+# path, so that the transcript is the same wherever the demo lives.
+cd "$demo"
+rm -f poolmgr.sock
+printf '%s\n' '$ poolmgr serve --socket poolmgr.sock --processes 1 &'
+poolmgr serve --socket poolmgr.sock --processes 1 2> serve.log &
+serve_pid=$!
+trap 'kill "$serve_pid" 2> /dev/null || true' EXIT
+for _ in $(seq 50); do
+    poolmgr query --socket poolmgr.sock --ping > /dev/null 2>&1 && break
+    sleep 0.2
+done
+echo
+run poolmgr query --socket poolmgr.sock \
+    "/DC=org/DC=example/O=Example Grid/OU=People/CN=Jane Roe" --fqan /atlas
+kill "$serve_pid"
+wait "$serve_pid" || true
+trap - EXIT
+
+cat <<TEXT
+To run your own commands against this demo database:
+  export POOLMGR_CONFIG=$demo/poolmgr.yaml
+  export PATH=$(dirname "$(command -v poolmgr)"):\$PATH
+TEXT

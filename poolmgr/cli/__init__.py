@@ -5,7 +5,6 @@ stderr and exits with its documented code; anything else is a bug, logged
 with its traceback and reported with exit code 70.
 """
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -30,16 +29,15 @@ from poolmgr.cli import db as db_cli  # noqa: E402
 from poolmgr.cli import gridmapdir as gridmapdir_cli  # noqa: E402
 from poolmgr.cli import recycle as recycle_cli  # noqa: E402
 from poolmgr.cli import service as service_cli  # noqa: E402
+from poolmgr.cli.boundary import run_guarded  # noqa: E402
 from poolmgr.cli.state import state  # noqa: E402
-from poolmgr.errors import INTERNAL_ERROR_EXIT, PoolmgrError  # noqa: E402
-
-logger = logging.getLogger("poolmgr")
 
 EXIT_CODES = """Exit codes: 0 success; 1 other expected failure; 2 bad input or
 usage; 3 no pool matches; 4 pool exhausted; 5 banned; 6 ban list unavailable;
 7 no lease (verify); 8 database unavailable; 9 contention; 10 bad
 configuration or VO card; 11 not found; 12 refused by policy; 13 conflicting
-definitions; 70 internal error; 130 interrupted."""
+definitions; 70 internal error; 130 interrupted (143 on SIGTERM); 141 stdout
+closed by its reader (e.g. piped into head)."""
 
 app = typer.Typer(
     name="poolmgr",
@@ -96,40 +94,8 @@ bans_cli.register(app)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and turn every failure into one line and an exit code."""
-    command = typer.main.get_command(app)
-    try:
-        # Without standalone mode Click returns typer.Exit's code instead of
-        # raising it, so the return value is the exit status.
-        status = command.main(args=argv, prog_name="poolmgr", standalone_mode=False)
-    except PoolmgrError as exc:
-        typer.echo(f"poolmgr: {exc}", err=True)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.TyperException as exc:
-        # Usage errors and bad parameters: Click's own message, exit code 2.
-        exc.show()  # type: ignore[attr-defined]
-        if _command_path(exc) == "poolmgr check":
-            # Nagios shows stdout: the probe's one line says what is wrong.
-            message = exc.format_message()
-            typer.echo(f"POOLMGR CRITICAL - usage: {message}")
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("poolmgr: interrupted", err=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001  (the boundary for bugs)
-        logger.exception("internal error")
-        typer.echo(
-            f"poolmgr: internal error: {type(exc).__name__}: {str(exc)[:200]}",
-            err=True,
-        )
-        return INTERNAL_ERROR_EXIT
-    return status if isinstance(status, int) else 0
-
-
-def _command_path(exc: Exception) -> str | None:
-    context = getattr(exc, "ctx", None)
-    return context.command_path if context is not None else None
+    args = sys.argv[1:] if argv is None else argv
+    return run_guarded(typer.main.get_command(app), args)
 
 
 def run() -> None:

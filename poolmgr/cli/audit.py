@@ -1,8 +1,6 @@
 """Commands for the security officer: audit, who, history."""
 
-import os
 import re
-import tempfile
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +15,8 @@ from poolmgr.audit_html import render_html
 from poolmgr.cli.output import emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
-from poolmgr.errors import PoolmgrError
+from poolmgr.errors import BadInputError
+from poolmgr.files import write_atomically
 from poolmgr.history import parse_zone, person_history, show_time, who_held
 from poolmgr.timeutil import parse_time, utcnow
 from poolmgr.views import LeaseRow
@@ -32,6 +31,12 @@ column, 'section', names the part of the report each row belongs to. --output wr
 the file atomically, mode 0640. Exit codes: 0 written (also when the history
 check found violations: they are in the report); 1 the file could not be
 written; 2 bad option; 8 database unavailable."""
+
+WHO_EPILOG = """Exit codes: 0 answered; 2 bad time, or a time in the future; 8
+database unavailable; 11 unknown account."""
+
+HISTORY_EPILOG = """Exit codes: 0 listed; 2 bad DN; 8 database unavailable; 11
+unknown person."""
 
 TIME_HELP = "ISO 8601 with a zone, e.g. 2025-03-01T14:00Z or 2025-03-01T15:00+01:00."
 ZONE_HELP = "Show times in this IANA zone (e.g. Europe/Zurich) instead of UTC."
@@ -49,12 +54,8 @@ class ReportFormat(StrEnum):
 def register(app: typer.Typer) -> None:
     """Add the audit, who and history commands to app."""
     app.command("audit", epilog=AUDIT_EPILOG)(audit_command)
-    app.command("who", epilog="Exit codes: 0 answered; 2 bad time; 11 unknown.")(
-        who_command
-    )
-    app.command("history", epilog="Exit codes: 0 listed; 2 bad DN; 11 unknown.")(
-        history_command
-    )
+    app.command("who", epilog=WHO_EPILOG)(who_command)
+    app.command("history", epilog=HISTORY_EPILOG)(history_command)
 
 
 def audit_command(
@@ -81,7 +82,7 @@ def audit_command(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_atomically(output, text)
+        write_atomically(output, text, 0o640)
 
 
 def _render(report: AuditReport, report_format: ReportFormat, zone: tzinfo) -> str:
@@ -101,25 +102,6 @@ def parse_since(text: str) -> datetime:
     return parse_time(text)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and a rename; mode 0640."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        raise PoolmgrError(f"Cannot write {str(path)!r}: {exc.strerror}.") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o640)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise PoolmgrError(f"Cannot write {str(path)!r}: {exc.strerror}.") from None
-
-
 def who_command(
     account: Annotated[str, typer.Argument(help="Account name.")],
     at: Annotated[str | None, typer.Option(help=TIME_HELP + " Default: now.")] = None,
@@ -128,7 +110,13 @@ def who_command(
 ) -> None:
     """Say who held an account at a time, or that nobody did."""
     shown = parse_zone(zone)
-    when = parse_time(at) if at else utcnow()
+    now = utcnow()
+    when = parse_time(at) if at else now
+    if when > now:
+        raise BadInputError(
+            f"--at {show_time(when, shown)} is in the future (now is "
+            f"{show_time(now, shown)}); leave out --at to ask who holds it now."
+        )
     with unit_of_work(state.engine(), write=False) as session:
         holder = who_held(session, account, when)
     if as_json:

@@ -28,8 +28,9 @@ from poolmgr.cli.output import cell, emit_json, table
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import BadInputError, PoolmgrError
+from poolmgr.freetext import check_actor
 from poolmgr.holds import hold_account, list_holds, release_account
-from poolmgr.recycle import check_actor, default_actor
+from poolmgr.recycle import default_actor
 from poolmgr.timeutil import format_time, utcnow
 
 BAN_EPILOG = """A DN ban refuses the person in every DN form, letter case and
@@ -38,12 +39,13 @@ proxy suffix, whatever FQANs they carry; the DN is literal, never a pattern.
 FQANs is not caught by an FQAN ban. Refused mappings exit 5 (BANNED). While
 a ban stands the person's open leases are frozen: never recycled. Hand bans
 are kept apart from bans read from central lists. Exit codes: 0 banned (or
-already banned by hand); 2 bad DN, FQAN or missing --reason; 8 database
-unavailable."""
+already banned by hand); 2 bad DN or FQAN, or a missing or unusable --reason
+or --by; 8 database unavailable."""
 
 UNBAN_EPILOG = """Lifts the hand ban only; a ban read from a central list stays
-until that list drops it. Exit codes: 0 lifted; 2 bad input; 8 database
-unavailable; 11 no hand ban on it; 12 banned only by a central list."""
+until that list drops it. Exit codes: 0 lifted; 2 bad DN or FQAN, or a
+missing or unusable --reason or --by; 8 database unavailable; 11 no hand ban
+on it; 12 banned only by a central list."""
 
 SYNC_EPILOG = """Reads each source's list (a file or HTTP(S) URL, see
 ban_sources in the configuration) and makes the bans from that source exactly
@@ -52,15 +54,22 @@ line is rejected as a whole, naming the line, and the previous list stays in
 force; so does an empty list replacing a non-empty one, unless
 --allow-empty. Until a configured source has been read once, every mapping
 fails with exit code 6 (BAN_LIST_UNAVAILABLE). Meant for cron. Exit codes: 0
-every source synced; 2 a list was rejected; 6 a source could not be read; 11
-unknown source; 8 database unavailable. With several sources each is tried
-and the first failure's code is returned."""
+every source synced; 2 a list was rejected, or an unusable --by; 6 a source
+could not be read; 8 database unavailable; 11 unknown source. With several
+sources each is tried and the first failure's code is returned."""
 
 HOLD_EPILOG = """An incident hold keeps the account out of circulation (never
 given to a new person) and out of recycling, forced or not, until released;
 its current holder keeps being mapped to it (ban the person to stop that).
-Exit codes: 0 held (or already held); 2 missing --reason; 8 database
-unavailable; 11 unknown account."""
+Exit codes: 0 held (or already held); 2 a missing or unusable --reason or
+--by; 8 database unavailable; 11 unknown account."""
+
+RELEASE_EPILOG = """Exit codes: 0 released; 2 a missing or unusable --reason or
+--by; 8 database unavailable; 11 unknown account, or not held."""
+
+FORGET_EPILOG = """Exit codes: 0 lifted; 2 a missing or unusable --reason or
+--by; 8 database unavailable; 11 no bans from that source; 12 the source is
+still configured."""
 
 bans_app = typer.Typer(
     help="List bans; sync central ban lists and inspect their syncs.",
@@ -75,9 +84,7 @@ def register(app: typer.Typer) -> None:
     app.command("unban", epilog=UNBAN_EPILOG)(unban_command)
     app.add_typer(bans_app, name="bans")
     app.command("hold", epilog=HOLD_EPILOG)(hold_command)
-    app.command("release", epilog="Exit codes: 0 released; 11 not held.")(
-        release_command
-    )
+    app.command("release", epilog=RELEASE_EPILOG)(release_command)
     app.command("holds")(holds_command)
 
 
@@ -328,7 +335,7 @@ def _note(source: SourceState) -> str:
     return "stale" if source.stale else "ok"
 
 
-@bans_app.command("forget", epilog="Exit codes: 0 lifted; 11 none; 12 configured.")
+@bans_app.command("forget", epilog=FORGET_EPILOG)
 def forget_command(
     source: Annotated[str, typer.Argument(help="Source no longer configured.")],
     reason: Reason = None,

@@ -17,13 +17,15 @@ from poolmgr.gridmapdir import (
     export_gridmapdir,
     import_gridmapdir,
 )
+from poolmgr.wording import sample
 
 app = typer.Typer(help="Import leases from, and export them to, an LCMAPS gridmapdir.")
 
 IMPORT_EPILOG = """Names it cannot take over (stale or shared links, names
 that do not decode to one DN, conflicts with poolmgr's leases) are listed
 and skipped; files named like no poolmgr account are listed as unknown
-accounts. All leases are written in one transaction. Exit codes: 0 done
+accounts (a count and the first few; run 'poolmgr sync' first, so that the
+pools exist). All leases are written in one transaction. Exit codes: 0 done
 (problems are listed, not fatal); 2 unreadable directory; 8 database
 unavailable."""
 
@@ -116,7 +118,12 @@ def _print_plan(plan: ImportPlan, dry_run: bool) -> None:
     _print_findings(plan.findings)
     if plan.unknown_accounts:
         typer.echo("")
-        typer.echo("Unknown accounts: " + " ".join(plan.unknown_accounts))
+        typer.echo(
+            f"Unknown accounts ({len(plan.unknown_accounts)}): "
+            f"{sample(plan.unknown_accounts)}. If they are pool accounts, "
+            "define their pools and run 'poolmgr sync' before importing "
+            "(--json lists them all)."
+        )
 
 
 def _print_findings(findings: list[Finding]) -> None:

@@ -20,12 +20,17 @@ FQAN); 3 no pool matches the primary FQAN; 4 pool exhausted; 5 banned; 6 ban
 list unavailable; 7 no lease (--verify); 8 database unavailable; 9 gave up
 after concurrent conflicts. On failure one line on stderr says why."""
 
+LEASES_EPILOG = """Exit codes: 0 listed (also when nothing matches); 2 bad DN or
+option; 8 database unavailable; 11 unknown pool or account."""
+
+SHOW_EPILOG = """Exit codes: 0 shown; 8 database unavailable; 11 unknown account."""
+
 
 def register(app: typer.Typer) -> None:
     """Add the lease commands to app."""
     app.command("map", epilog=MAP_EPILOG)(map_command)
-    app.command("leases")(leases_command)
-    app.command("show")(show_command)
+    app.command("leases", epilog=LEASES_EPILOG)(leases_command)
+    app.command("show", epilog=SHOW_EPILOG)(show_command)
 
 
 def map_command(

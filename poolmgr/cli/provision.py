@@ -10,8 +10,9 @@ from poolmgr.adoption import ImportReport, import_users_conf
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import VoCardError
+from poolmgr.files import write_atomically
 from poolmgr.groupsconf import import_groups_conf
-from poolmgr.provisioning import ExportOptions, export_text, write_atomically
+from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.settings import Settings
 from poolmgr.timeutil import utcnow
 from poolmgr.vocards import load_cards
@@ -22,7 +23,9 @@ users.conf and groups.conf are YAIM's formats; a pool's flag is the one
 imported with it, or follows its VO card type (software sgm, production
 prd, pilot pilot). Output is sorted by uid, gid or routing order, and
 --output replaces the file atomically. Retired accounts are written unless
---exclude-retired: they still own files and their uids are never reused."""
+--exclude-retired: they still own files and their uids are never reused.
+Exit codes: 0 written; 1 the file could not be written; 2 bad option; 8
+database unavailable; 13 a gid with two names (group)."""
 
 IMPORT_EPILOG = """Adopting a site that YAIM configured, without renumbering:
 (1) 'poolmgr import users.conf FILE' creates one pool per account prefix

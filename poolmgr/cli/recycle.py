@@ -8,8 +8,9 @@ import typer
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import BadInputError
+from poolmgr.freetext import check_reason
 from poolmgr.history import touch_account
-from poolmgr.recycle import Outcome, Recycler, check_reason
+from poolmgr.recycle import OUT_OF_SERVICE, OVERRIDE, Outcome, Recycler
 from poolmgr.timeutil import format_time, utcnow
 
 RECYCLE_EPILOG = """Without --force: retries the accounts whose cleanup failed
@@ -26,8 +27,10 @@ check_failed, cleanup_failed, blocked, skipped, override, and would_recycle,
 would_retry, would_override for --dry-run. Exit codes: 0 done (postponed and
 blocked accounts included); 1 a cleanup or in-use check failed (reported;
 the account stays out of service and the next run retries it); 2 bad input
-(e.g. --force without --reason); 8 database unavailable; 11 unknown account;
-12 refused: in use, held, banned holder, or no open lease."""
+(e.g. --force without --reason, or --reason or --by without --force); 8
+database unavailable; 11 unknown account; 12 refused: in use, held, banned
+holder, or no open lease; 130 interrupted (the cleanup command is killed,
+the account stays out of service and the next run retries it)."""
 
 TOUCH_EPILOG = """For batch-system epilogues: the end of a long job is a use, so
 the lease's last use becomes the current time (never earlier than it was).
@@ -65,28 +68,43 @@ def recycle_command(
     ] = False,
 ) -> None:
     """End leases past the quiet period, clean the accounts and free them."""
-    if force is None and (reason is not None or ignore_in_use):
-        raise BadInputError("--reason and --ignore-in-use only go with --force.")
+    if force is None and (reason is not None or by is not None or ignore_in_use):
+        raise BadInputError("--reason, --by and --ignore-in-use only go with --force.")
     if force is not None:
         check_reason(reason)
     recycler = Recycler(state.engine(create=not dry_run), state.settings(), actor=by)
 
     outcomes: Iterable[Outcome]
     if force is not None:
-        outcomes = recycler.force(
+        outcomes = recycler.force_steps(
             force, reason, ignore_in_use=ignore_in_use, dry_run=dry_run
         )
     else:
         outcomes = recycler.run(dry_run=dry_run)
+    if not dry_run:
+        state.interrupt_note = RUN_INTERRUPTED
     failed = _report(outcomes)
     if failed:
         raise typer.Exit(1)
+
+
+RUN_INTERRUPTED = (
+    "leases already ended stay ended; an account whose cleanup did not finish "
+    f"stays out of service ({OUT_OF_SERVICE}) and the next 'poolmgr recycle' "
+    "retries it"
+)
 
 
 def _report(outcomes: Iterable[Outcome]) -> bool:
     failed, count = False, 0
     for outcome in outcomes:
         typer.echo(outcome.line())
+        if outcome.action == OVERRIDE:
+            state.interrupt_note = (
+                f"the override of {outcome.target.account} is recorded; the "
+                f"account stays out of service ({OUT_OF_SERVICE}) until a "
+                "cleanup succeeds, and the next 'poolmgr recycle' retries it"
+            )
         failed = failed or outcome.failed
         count += 1
     if count == 0:

@@ -11,8 +11,10 @@ from poolmgr.errors import INTERNAL_ERROR_EXIT, PoolmgrError
 from poolmgr.service import send_request, serve
 
 SERVE_EPILOG = """Runs in the foreground until SIGTERM or SIGINT, then exits 0.
-Exit codes: 8 database unavailable at start; 10 bad configuration (unknown
-group); 12 the socket path is taken by a live service or is not a socket."""
+Exit codes: 1 the socket cannot be created (its directory is missing or not
+writable); 2 bad option; 8 database unavailable at start; 10 bad
+configuration (unknown group); 12 the socket path is taken by a live service
+or is not a socket."""
 
 QUERY_EPILOG = """Prints the service's OK reply line. Exit codes as for map:
 0 mapped; 1 service unreachable or other failure; 2 bad input or request; 3

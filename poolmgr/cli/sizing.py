@@ -16,7 +16,7 @@ from poolmgr.cli.sizing_html import render_html
 from poolmgr.cli.state import state
 from poolmgr.db import unit_of_work
 from poolmgr.errors import VoCardError
-from poolmgr.provisioning import write_atomically
+from poolmgr.files import write_atomically
 from poolmgr.sizing import GlexecDemand, PoolSizing, SizingOptions, SizingReport
 from poolmgr.sizing import sizing_report as build_report
 from poolmgr.timeutil import Duration, format_time, utcnow
@@ -35,7 +35,9 @@ demand plus one quiet period of growth and --headroom, rounded up to a
 multiple of 5 (at least 5). Pools at risk (running out within the quiet
 period, or under 10% free) come first. For VOs whose card sets glexec, the
 demand of payload owners (user pools) is shown apart from the pilot
-accounts."""
+accounts. --output replaces the file atomically. Exit codes: 0 reported; 1
+the file could not be written; 2 bad option (e.g. a --window that is not
+longer than zero); 8 database unavailable."""
 
 
 class Format(StrEnum):
@@ -68,7 +70,8 @@ def sizing_command(
 ) -> None:
     """Report each pool's demand, growth and when it runs out; at risk first."""
     settings = state.settings()
-    options = SizingOptions(window=Duration.parse(window), headroom=headroom)
+    window_span = Duration.parse_positive(window, "The --window")
+    options = SizingOptions(window=window_span, headroom=headroom)
     cards = _cards(settings.vocards)
     with unit_of_work(state.engine(), write=False) as session:
         report = build_report(session, settings, cards, utcnow(), options)

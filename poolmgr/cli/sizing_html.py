@@ -10,6 +10,7 @@ from html import escape
 
 from poolmgr.sizing import PoolSizing, SizingReport
 from poolmgr.timeutil import format_time
+from poolmgr.wording import counted
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -175,9 +176,10 @@ def occupancy_svg(row: PoolSizing) -> str:
 
 
 def _demand_label(row: PoolSizing) -> str:
+    persons = counted(row.floor, "person")
     if not row.locked_idle:
-        return f"{row.floor} persons"
-    return f"{row.floor} persons + {row.locked_idle} idle frozen"
+        return persons
+    return f"{persons} + {row.locked_idle} idle frozen"
 
 
 def forecast_svg(row: PoolSizing, now: datetime) -> str:
@@ -204,13 +206,14 @@ def forecast_svg(row: PoolSizing, now: datetime) -> str:
         'stroke="#444"/>',
         f'<line x1="{MARGIN}" y1="{y(row.capacity):.1f}" x2="{WIDTH - MARGIN}" '
         f'y2="{y(row.capacity):.1f}" stroke="{FLOOR}" stroke-dasharray="6 3"/>',
-        f'<text x="{MARGIN}" y="{y(row.capacity) - 4:.1f}">{row.capacity} accounts '
-        "in service</text>",
+        f'<text x="{MARGIN}" y="{y(row.capacity) - 4:.1f}">'
+        f"{counted(row.capacity, 'account')} in service</text>",
         f'<polyline points="{history}" fill="none" stroke="{LEASED}" '
         'stroke-width="2"><title>persons seen in the quiet period</title></polyline>',
         f'<line x1="{x(now):.1f}" y1="{y(row.demand):.1f}" x2="{x(end):.1f}" '
         f'y2="{y(projected):.1f}" stroke="{LEASED}" stroke-dasharray="4 4">'
-        f"<title>forecast at {row.growth:g} new persons per 30 days</title></line>",
+        f"<title>forecast at {counted(row.growth, 'new person')} per 30 days"
+        "</title></line>",
         f'<text x="{x(now) - 4:.1f}" y="{y(row.demand) - 6:.1f}" text-anchor="end">'
         f"{_demand_label(row)}</text>",
         f'<line x1="{x(now):.1f}" y1="{MARGIN / 2}" x2="{x(now):.1f}" '

@@ -17,6 +17,8 @@ class State:
     config: Path | None = None
     database: str | None = None
     verbosity: int = 0
+    interrupt_note: str | None = None
+    """What an interruption now leaves behind, said on stderr if one comes."""
     _settings: Settings | None = field(default=None, repr=False)
 
     def settings(self) -> Settings:

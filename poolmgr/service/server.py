@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from poolmgr import protocol
-from poolmgr.errors import PolicyError
+from poolmgr.errors import PolicyError, PoolmgrError
 from poolmgr.events import format_fields
 from poolmgr.service.access import AccessPolicy, Peer, peer_groups, peer_of
 from poolmgr.service.handler import Handler
@@ -335,9 +335,9 @@ def _listen(path: Path, gid: int | None) -> socket.socket:
     old_umask = os.umask(0o177)
     try:
         listener.bind(str(temp))
-    except OSError:
+    except OSError as exc:
         listener.close()
-        raise
+        raise _socket_error(path, exc) from None
     finally:
         os.umask(old_umask)
     try:
@@ -346,11 +346,25 @@ def _listen(path: Path, gid: int | None) -> socket.socket:
             os.chmod(temp, 0o660)
         listener.listen(_LISTEN_BACKLOG)
         os.rename(temp, path)
-    except BaseException:
+    except BaseException as exc:
         listener.close()
         temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _socket_error(path, exc) from None
         raise
     return listener
+
+
+def _socket_error(path: Path, exc: OSError) -> PoolmgrError:
+    """Return the one-line error for a socket path that cannot be bound."""
+    if not path.parent.is_dir():
+        why = (
+            f"the directory {path.parent} does not exist (create it, or run "
+            "the systemd unit, whose RuntimeDirectory=poolmgr creates it)"
+        )
+    else:
+        why = (exc.strerror or str(exc)).rstrip(".")
+    return PoolmgrError(f"Cannot create the socket {path}: {why}.")
 
 
 def _remove_stale(path: Path) -> None:

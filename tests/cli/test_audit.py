@@ -75,6 +75,19 @@ def test_who_rejects_bad_input(handed_over, args, code, message):
     assert result.err.count("\n") == 1, "one line on stderr"
 
 
+@freeze_time("2025-06-01T12:00:00Z")
+def test_who_at_now_answers_and_a_second_later_is_refused(handed_over):
+    now = handed_over("who", "atlas001", "--at", "2025-06-01T12:00:00Z")
+    assert (now.code, now.err) == (0, "")
+    assert now.out.startswith(f"atlas001 at 2025-06-01T12:00:00Z: {ELI}\n")
+    later = handed_over("who", "atlas001", "--at", "2025-06-01T12:00:01Z")
+    assert (later.code, later.out) == (2, "")
+    assert later.err == (
+        "poolmgr: --at 2025-06-01T12:00:01Z is in the future (now is "
+        "2025-06-01T12:00:00Z); leave out --at to ask who holds it now.\n"
+    )
+
+
 def test_history_lists_every_lease_of_a_person_in_any_dn_form(handed_over):
     result = handed_over("history", DREW_RFC2253, "--json")
     data = json.loads(result.out)
@@ -136,3 +149,18 @@ def test_audit_failures_exit_with_documented_codes(cli, args, code, message):
     result = cli("audit", *args)
     assert (result.code, result.out) == (code, "")
     assert message in result.err
+
+
+def test_text_audit_sections_with_a_verdict_do_not_add_none(cli):
+    cli("sync")
+    lines = cli("audit").out.splitlines()
+    start = lines.index(
+        "History check: handovers inside the quiet period without an override (0)"
+    )
+    assert lines[start + 1 : start + 3] == [
+        "0 lease(s) checked: no account went to another person inside its quiet "
+        "period without an override.",
+        "",
+    ]
+    restricted = lines.index("Frozen and held accounts now (never recycled) (0)")
+    assert lines[restricted + 2] == "", "a note then '(none)' reads twice"

@@ -58,7 +58,7 @@ def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
             3,
             [],
             2,
-            "POOLMGR CRITICAL - pools near exhaustion (available/accounts): atlas 0/3",
+            "POOLMGR CRITICAL - pools exhausted (available/accounts): atlas 0/3",
         ),
     ],
     ids=["ok", "warning", "critical"],
@@ -223,7 +223,8 @@ def test_a_mistyped_probe_definition_is_critical_in_one_line(cli, args, line):
     assert result.code == 2
     assert result.out.startswith(f"POOLMGR CRITICAL - usage: {line}")
     assert result.out.count("\n") == 1
-    assert "Usage: poolmgr check" in result.err
+    assert result.err.startswith(f"poolmgr check: {line}"), "one usage line on stderr"
+    assert result.err.count("\n") == 1
 
 
 def test_other_check_commands_keep_plain_usage_errors(cli):

@@ -21,6 +21,23 @@ def make_gridmapdir(directory, leases):
     return directory
 
 
+def test_many_unknown_accounts_are_a_count_and_a_sample(cli, tmp_path):
+    source = tmp_path / "g"
+    source.mkdir()
+    for n in range(1, 785):
+        (source / f"dteam{n:03d}").touch()
+
+    result = cli("gridmapdir", "import", "--dry-run", "--no-progress", str(source))
+
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1] == (
+        "Unknown accounts (784): dteam001, dteam002, dteam003, dteam004, "
+        "dteam005, dteam006, dteam007, dteam008, dteam009, dteam010 and 774 more. "
+        "If they are pool accounts, define their pools and run 'poolmgr sync' "
+        "before importing (--json lists them all)."
+    )
+
+
 def test_import_dry_run_prints_the_plan_and_problems(cli, tmp_path):
     cli("sync")
     source = make_gridmapdir(tmp_path / "g", {JANE: "atlas002"})
@@ -45,7 +62,10 @@ def test_import_dry_run_prints_the_plan_and_problems(cli, tmp_path):
     ]
     assert lines[5].split()[:2] == ["PROBLEM", "NAME"]
     assert lines[6].split()[:2] == ["stale", "%2fdc%3dorg%2fcn%3dsolo"]
-    assert lines[-1] == "Unknown accounts: ops001"
+    assert lines[-1] == (
+        "Unknown accounts (1): ops001. If they are pool accounts, define their "
+        "pools and run 'poolmgr sync' before importing (--json lists them all)."
+    )
     assert cli("leases").out.count("\n") == 1, "a dry run must not import"
 
 

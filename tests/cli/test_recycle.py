@@ -1,10 +1,13 @@
 """poolmgr recycle and touch at the command line."""
 
 import json
+import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from freezegun import freeze_time
 from poolmgr.site_commands import run_command
 from tests.factories import at
 from tests.test_recycle import BOUNDARIES
+from tests.test_site_commands import survivors, wait_for
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -50,14 +54,15 @@ def test_recycle_with_nothing_due_says_so(cli):
     assert (result.code, result.out, result.err) == (0, "Nothing to recycle.\n", "")
 
 
-def test_dry_run_prints_the_plan_then_recycle_does_it(cli):
+def test_dry_run_prints_the_plan_then_recycle_does_it(cli, monkeypatch):
+    monkeypatch.setenv("SUDO_USER", "cron")
     old_lease(cli)
     plan = cli("recycle", "--dry-run")
     assert plan.code == 0
     assert plan.out.startswith("would_recycle account=atlas001 pool=atlas lease=1 ")
     assert lease_of(cli, "atlas001")["ended_at"] is None
 
-    done = cli("recycle", "--by", "cron")
+    done = cli("recycle")
     assert (done.code, done.err) == (0, "")
     assert done.out.startswith("recycled account=atlas001 pool=atlas lease=1 ")
     ended = lease_of(cli, "atlas001")
@@ -83,19 +88,19 @@ def test_failed_cleanup_exits_1_and_is_retried(cli, configure):
     [
         (
             ["--force", "atlas001"],
-            "poolmgr: An override needs a reason (--reason TEXT).\n",
+            "poolmgr: A reason is required (--reason TEXT).\n",
         ),
         (
             ["--force", "atlas001", "--reason", "  "],
-            "poolmgr: An override needs a reason (--reason TEXT).\n",
+            "poolmgr: A reason is required (--reason TEXT).\n",
         ),
         (
             ["--reason", REASON],
-            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+            "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n",
         ),
         (
             ["--ignore-in-use"],
-            "poolmgr: --reason and --ignore-in-use only go with --force.\n",
+            "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n",
         ),
     ],
     ids=["no-reason", "blank-reason", "reason-alone", "ignore-alone"],
@@ -388,3 +393,143 @@ def test_a_last_use_from_a_fast_clock_is_never_old(cli, configure):
         assert cli("recycle").out == "Nothing to recycle.\n"
     with freeze_time("2025-03-03T01:00:00Z"):
         assert cli("recycle").out.startswith("recycled account=atlas001 ")
+
+
+def test_ctrl_c_during_an_override_cleanup_reports_and_stops_it(
+    cli, configure, tmp_path
+):
+    script = tmp_path / "slow-cleanup"
+    script.write_text(SLOW_CLEANUP)
+    script.chmod(0o755)
+    pids = tmp_path / "cleanup.pids"
+    configure(f"recycle:\n  cleanup_command: [{script}, {pids}]\n")
+    cli("sync")
+    cli("map", DREW, "--fqan", "/atlas")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from poolmgr.cli import run; run()"]
+        + ["--config", str(tmp_path / "poolmgr.yaml")]
+        + ["recycle", "--force", "atlas001", "--reason", REASON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = wait_for(pids)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130
+    assert out.startswith("override account=atlas001 "), out
+    assert err == (
+        "poolmgr: interrupted; the override of atlas001 is recorded; the account "
+        "stays out of service (cleaning) until a cleanup succeeds, and the next "
+        "'poolmgr recycle' retries it.\n"
+    )
+    still = survivors(started)
+    assert still == [], f"cleanup processes {still} outlived poolmgr"
+    assert json.loads(cli("show", "atlas001", "--json").out)["state"] == "cleaning"
+
+
+SLOW_CLEANUP = """#!/bin/sh
+sleep 300 &
+echo "$$ $!" > "$1.tmp" && mv "$1.tmp" "$1"
+sleep 300
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--by", "bob"], ["--reason", REASON], ["--ignore-in-use"]],
+    ids=["by", "reason", "ignore-in-use"],
+)
+def test_override_options_without_force_are_refused(cli, args):
+    cli("sync")
+    result = cli("recycle", *args)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "poolmgr: --reason, --by and --ignore-in-use only go with --force.\n"
+    )
+
+
+IN_USE = Path(__file__).resolve().parents[2] / "contrib/examples/account-in-use.sh"
+
+
+def run_in_use_check(account, tmp_path, squeue=None):
+    """Run the example in-use check, with a fake Slurm client if given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if squeue is not None:
+        (bin_dir / "squeue").write_text(f"#!/bin/sh\n{squeue}\n")
+        (bin_dir / "squeue").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return subprocess.run(
+        [str(IN_USE), account], env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture
+def idle_account():
+    """An account with no processes here (nobody), or skip."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' account on this host")
+    if subprocess.run(["pgrep", "-U", str(nobody.pw_uid)], check=False).returncode == 0:
+        pytest.skip("'nobody' runs processes on this host")
+    return "nobody"
+
+
+@pytest.mark.parametrize(
+    ("squeue", "code", "out", "err"),
+    [
+        (None, 1, "", ""),
+        ("exit 0", 1, "", ""),
+        ("echo 4242", 0, "account-in-use: nobody is in use: Slurm jobs\n", ""),
+        ("echo down >&2; exit 1", 2, "", "account-in-use: Slurm query failed: down\n"),
+    ],
+    ids=["no-batch-system", "no-jobs", "queued-job", "slurm-down"],
+)
+def test_example_in_use_check_looks_at_batch_jobs(
+    idle_account, tmp_path, squeue, code, out, err
+):
+    result = run_in_use_check(idle_account, tmp_path, squeue)
+    assert (result.returncode, result.stdout, result.stderr) == (code, out, err)
+
+
+def test_example_in_use_check_sees_processes_and_refuses_unknown_accounts(tmp_path):
+    busy = run_in_use_check(pwd.getpwuid(os.getuid()).pw_name, tmp_path)
+    assert busy.returncode == 0
+    assert busy.stdout.endswith("is in use: processes on " + os.uname().nodename + "\n")
+    unknown = run_in_use_check("nosuchuser123", tmp_path)
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "account-in-use: unknown account 'nosuchuser123'\n",
+    )
+
+
+def test_state_directory_mode_agrees_between_unit_readme_and_nagios_notes():
+    top = Path(__file__).resolve().parents[2]
+    unit = (top / "contrib/systemd/poolmgr.service").read_text()
+    readme = (top / "README.md").read_text()
+    nagios = (top / "contrib/nagios/README.md").read_text()
+    assert "StateDirectoryMode=0750\n" in unit
+    assert "install -d -m 0750 /etc/poolmgr /etc/poolmgr/vocards /var/lib/poolmgr" in (
+        readme
+    )
+    assert "setfacl -m u:nagios:rx /var/lib/poolmgr" in nagios
+
+
+def test_readme_install_creates_every_directory_it_copies_into():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    steps = [line[2:] for line in readme.splitlines() if line.startswith("# ")]
+    made = {"/etc/systemd/system"}  # exists wherever the units are used
+    for step in steps:
+        words = step.split("#")[0].split()
+        if words[:2] == ["install", "-d"]:
+            made.update(w for w in words[2:] if w.startswith("/"))
+        elif words[:1] in (["install"], ["cp"]):
+            target = words[-1]
+            directory = target if target.endswith("/") else str(Path(target).parent)
+            assert directory.rstrip("/") in made, f"{step!r}: no install -d first"
+    assert any(step.startswith("poolmgr sync") for step in steps)
+    assert any(step.startswith("poolmgr export passwd") for step in steps)
