@@ -490,7 +490,7 @@ def retry_conflicts(engine: Engine, work: Callable[[Session], T]) -> T:
     )
 
 
-def _read_person(conn: Connection, dn: DistinguishedName) -> Sequence[Row[Any]]:
+def _read_person(conn: Connection, dn: DistinguishedName) -> Sequence[Sequence[Any]]:
     """Read the ban list's version, the person and their open leases at once.
 
     One indexed query; at least one row, whose identity columns are NULL
@@ -501,7 +501,7 @@ def _read_person(conn: Connection, dn: DistinguishedName) -> Sequence[Row[Any]]:
     ).all()
 
 
-def _seen_in(rows: Sequence[Row[Any]], choice: Choice) -> _Seen:
+def _seen_in(rows: Sequence[Sequence[Any]], choice: Choice) -> _Seen:
     """Return the person in rows and their open lease in the first pool of choice."""
     first = rows[0]
     person = _Person(*first[1:4]) if first[1] is not None else None
@@ -510,7 +510,7 @@ def _seen_in(rows: Sequence[Row[Any]], choice: Choice) -> _Seen:
     if not matching:
         return _Seen(person, None)
     row = min(matching, key=lambda row: order[row[5]])
-    return _Seen(person, _Held(*row[4:], row[1], row[3]))
+    return _Seen(person, _Held._make((*row[4:], row[1], row[3])))
 
 
 # The lease columns of _Held; its identity columns come from the person.

@@ -136,11 +136,22 @@ def _resting_counts(session: Session, quiet: Duration, now: datetime) -> dict[in
     )
     counts: dict[int, int] = {}
     for pool_id, last_used, waived in rows:
-        if last_used is None or (waived is not None and waived >= last_used):
-            continue
-        if quiet.after(last_used) > now:
+        if is_resting(quiet, last_used, waived, now):
             counts[pool_id] = counts.get(pool_id, 0) + 1
     return counts
+
+
+def is_resting(
+    quiet: Duration, last_used: datetime | None, waived: datetime | None, now: datetime
+) -> bool:
+    """Return whether a free account is still inside its quiet period at now.
+
+    Never-used accounts and accounts whose quiet period an override waived
+    after their last use are not resting.
+    """
+    if last_used is None or (waived is not None and waived >= last_used):
+        return False
+    return quiet.after(last_used) > now
 
 
 def list_leases(

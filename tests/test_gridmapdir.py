@@ -526,7 +526,12 @@ def leases_for_export(engine, site):
     map_dn(engine, site, "/DC=org/DC=example/CN=José", "/atlas", now=MAY_1)
 
 
+EXPORT_NOW = at("2025-06-01T00:00:00Z")
+
+
 def export(engine, directory: Path, **options: object):
+    options.setdefault("quiet", atlas_site().quiet)
+    options.setdefault("now", EXPORT_NOW)
     with unit_of_work(engine, write=False) as session:
         return export_gridmapdir(session, directory, **options)
 
@@ -651,6 +656,48 @@ def test_update_removes_the_file_of_an_account_held_since(sqlite_engine, tmp_pat
     ]
 
 
+def test_export_leaves_out_free_accounts_lcmaps_must_not_hand_out(
+    sqlite_engine, tmp_path
+):
+    # LCMAPS knows no quiet period and no cleanup: a free account whose
+    # quiet period still runs, or whose cleanup has not succeeded, must not
+    # appear as a file with one link.
+    site = atlas_site()
+    atlas_pools(sqlite_engine, site)
+    with unit_of_work(sqlite_engine) as session:
+        accounts = {a.name: a for a in session.scalars(select(Account))}
+        accounts["atlas001"].last_used_at = at("2025-05-01T00:00:00Z")  # resting
+        accounts["atlas002"].last_used_at = at("2024-11-30T23:59:59Z")  # rested
+        accounts["atlas003"].state = "cleaning"
+        accounts["atlas004"].last_used_at = at("2025-05-01T00:00:00Z")
+        accounts["atlas004"].quiet_waived_at = at("2025-05-02T00:00:00Z")
+    target = tmp_path / "out"
+
+    result = export(sqlite_engine, target, pools=["atlas"])
+
+    assert sorted(path.name for path in target.iterdir()) == [
+        "atlas002",
+        "atlas004",
+        "atlas005",
+    ], "only accounts LCMAPS may give to a newcomer now"
+    assert [(f.kind, f.name) for f in result.findings] == [
+        ("resting", "atlas001"),
+        ("out_of_service", "atlas003"),
+    ]
+    assert "quiet period until 2025-11-01T00:00:00Z" in result.findings[0].detail
+    at_end = export(
+        sqlite_engine,
+        target,
+        pools=["atlas"],
+        update=True,
+        now=at("2025-11-01T00:00:00Z"),
+    )
+    assert (target / "atlas001").exists(), "exported once its quiet period is over"
+    assert [(f.kind, f.name) for f in at_end.findings] == [
+        ("out_of_service", "atlas003")
+    ]
+
+
 def test_export_of_an_unknown_pool_is_not_found(sqlite_engine, tmp_path):
     atlas_pools(sqlite_engine, atlas_site())
     with pytest.raises(NotFoundError, match="'cms'"):
@@ -695,7 +742,8 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
             session, jose, reason="test", actor="test", now=at("2026-01-01T00:00Z")
         )
 
-    result = export(sqlite_engine, target, update=True)
+    ended = at("2026-01-01T00:00Z")
+    result = export(sqlite_engine, target, update=True, now=ended)
 
     assert (result.links_removed, result.links_replaced, result.links_created) == (
         3,
@@ -707,7 +755,7 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
     assert os.stat(target / "atlas004").st_nlink == 1
     assert os.stat(target / "atlas002").st_mtime_ns == datetime_to_ns(MAY_1)
     assert (target / "unrelated").read_text() == "x"
-    assert export(sqlite_engine, target, update=True).times_set == 0
+    assert export(sqlite_engine, target, update=True, now=ended).times_set == 0
 
 
 def test_update_never_gives_an_account_file_a_third_name(

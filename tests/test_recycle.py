@@ -601,7 +601,12 @@ def test_f10_daily_uses_keep_the_lease_and_admin_actions_never_touch_it(
             person_history(session, JANE)
             account_detail(session, "atlas004")
             build_report(session, settings, at("2025-06-02T12:00Z"), first)
-            export_gridmapdir(session, tmp_path / "gridmapdir")
+            export_gridmapdir(
+                session,
+                tmp_path / "gridmapdir",
+                quiet=settings.quiet,
+                now=at("2025-06-02T12:00Z"),
+            )
             export_text(session, "passwd", ExportOptions())
         assert _last_use(engine) == at("2025-06-01T10:00:00Z")
         holds = [(e.kind, e.actor) for e in events_of(engine, "hold_started")]

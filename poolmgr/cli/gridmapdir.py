@@ -17,6 +17,7 @@ from poolmgr.gridmapdir import (
     export_gridmapdir,
     import_gridmapdir,
 )
+from poolmgr.timeutil import utcnow
 from poolmgr.wording import sample
 
 app = typer.Typer(help="Import leases from, and export them to, an LCMAPS gridmapdir.")
@@ -169,6 +170,8 @@ def export_command(
         result = export_gridmapdir(
             session,
             directory,
+            quiet=state.settings().quiet,
+            now=utcnow(),
             pools=pool or None,
             suffix=suffix,
             non_ascii=non_ascii,

@@ -21,12 +21,13 @@ files are created, lease links of the exported accounts that poolmgr does
 not hold (ended leases) and solitary lease links are removed, wrong links
 are replaced atomically, and times are set. Nothing else is touched.
 
-Held and frozen accounts (issue 6): a free account under an incident hold
-is left out, and in an update its solitary file removed, because LCMAPS
-hands out any account whose file has one link. A ban cannot be carried by a
-gridmapdir: the lease of a banned holder is written, so that LCMAPS gives
-the account to nobody else, and reported, because LCMAPS maps that person
-unless its ban_dn plugin lists them.
+Accounts LCMAPS must not hand out: a free account under an incident hold,
+out of service (its cleanup has not succeeded) or inside its quiet period is
+left out, and in an update its solitary file removed, because LCMAPS hands
+out any account whose file has one link, at once and to anybody. A ban
+cannot be carried by a gridmapdir: the lease of a banned holder is written,
+so that LCMAPS gives the account to nobody else, and reported, because
+LCMAPS maps that person unless its ban_dn plugin lists them.
 """
 
 import logging
@@ -48,6 +49,8 @@ from poolmgr.gridmapdir.names import NAME_MAX, NON_ASCII_MODES, lease_name
 from poolmgr.gridmapdir.scan import Inode, datetime_to_ns, scan_gridmapdir
 from poolmgr.holds import IS_HELD
 from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.timeutil import Duration, format_time
+from poolmgr.views import is_resting
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +94,16 @@ class ExportResult:
 
 def plan_export(
     session: Session,
+    quiet: Duration,
+    now: datetime,
     pools: list[str] | None = None,
     suffix: str = "auto",
     non_ascii: str = "lcmaps",
 ) -> ExportPlan:
     """Return the accounts and lease links of pools (default: every live pool).
+
+    Free accounts that must not be handed out at now (held, out of service,
+    inside their quiet period) are withheld.
 
     Raises NotFoundError for an unknown pool name, BadInputError for an
     unknown suffix mode.
@@ -106,15 +114,21 @@ def plan_export(
         raise BadInputError(f"Unknown non-ASCII mode {non_ascii!r}; use lcmaps, argus.")
     pool_ids = _pool_ids(session, pools)
     plan = ExportPlan()
-    held_free = Account.state == "free", IS_HELD
-    for name, last_use, withheld in session.execute(
-        select(Account.name, Account.last_used_at, and_(*held_free))
+    for name, state, last_use, waived, held in session.execute(
+        select(
+            Account.name,
+            Account.state,
+            Account.last_used_at,
+            Account.quiet_waived_at,
+            and_(Account.state == "free", IS_HELD),
+        )
         .where(Account.pool_id.in_(pool_ids), Account.state != "retired")
         .order_by(Account.name)
     ):
-        if withheld:
+        withheld = _withheld(state, bool(held), last_use, waived, quiet, now)
+        if withheld is not None:
             plan.withheld.append(name)
-            plan.findings.append(Finding("held", name, _WITHHELD))
+            plan.findings.append(Finding(withheld[0], name, withheld[1]))
         else:
             plan.accounts[name] = last_use
 
@@ -136,10 +150,35 @@ def plan_export(
     return plan
 
 
-_WITHHELD = (
-    "free but under an incident hold: its file is left out, so that LCMAPS "
-    "cannot hand it out"
-)
+def _withheld(
+    state: str,
+    held: bool,
+    last_use: datetime | None,
+    waived: datetime | None,
+    quiet: Duration,
+    now: datetime,
+) -> tuple[str, str] | None:
+    """Return (kind, detail) when an account's file must be left out, or None.
+
+    LCMAPS hands out any account whose file has one link, at once and to
+    anybody: a free account it must not give is left out of the gridmapdir.
+    """
+    if state == "leased":
+        return None
+    if held:
+        return "held", f"free but under an incident hold: {_LEFT_OUT}"
+    if state != "free":
+        return "out_of_service", f"out of service ({state}): {_LEFT_OUT}"
+    if is_resting(quiet, last_use, waived, now):
+        until = format_time(quiet.after(last_use)) if last_use else "-"
+        return "resting", (
+            f"free but inside its quiet period until {until}, which LCMAPS does "
+            f"not know: {_LEFT_OUT}"
+        )
+    return None
+
+
+_LEFT_OUT = "its file is left out, so that LCMAPS cannot hand it out"
 _FROZEN = (
     "lease written so that the account goes to nobody else, but its holder is "
     "banned: LCMAPS maps them unless its ban_dn plugin lists them"
@@ -201,13 +240,15 @@ def export_gridmapdir(
     session: Session,
     directory: Path,
     *,
+    quiet: Duration,
+    now: datetime,
     pools: list[str] | None = None,
     suffix: str = "auto",
     non_ascii: str = "lcmaps",
     update: bool = False,
 ) -> ExportResult:
     """Write the open leases of pools to directory; see the module doc."""
-    plan = plan_export(session, pools, suffix, non_ascii)
+    plan = plan_export(session, quiet, now, pools, suffix, non_ascii)
     result = write_gridmapdir(directory, plan, update=update)
     logger.info(
         "gridmapdir export target=%s accounts=%d links=%d removed=%d problems=%d",
