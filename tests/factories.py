@@ -1,5 +1,6 @@
 """Helpers that build pools and leases for tests."""
 
+import socket
 from datetime import datetime
 
 from sqlalchemy import Engine, select, update
@@ -75,3 +76,18 @@ def invariant_violations(engine: Engine) -> list[str]:
     """Return descriptions of broken lease invariants (empty when sound)."""
     with unit_of_work(engine, write=False) as session:
         return find_broken_invariants(session)
+
+
+def drain_datagrams(receiver: socket.socket) -> list[bytes]:
+    """Return what a test syslog socket received, waiting for the first line.
+
+    The socket's own timeout bounds the wait for the first datagram; after
+    it, 0.2 s of silence ends the list.
+    """
+    received = []
+    try:
+        while True:
+            received.append(receiver.recv(65536))
+            receiver.settimeout(0.2)
+    except TimeoutError:
+        return received

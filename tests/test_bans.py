@@ -51,6 +51,7 @@ from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
+    drain_datagrams,
     map_dn,
     open_leases,
     pool,
@@ -673,7 +674,7 @@ def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path
         with unit_of_work(sqlite_engine) as session:
             hold_account(session, "atlas001", reason="disk", actor="sec", now=NOW)
             release_account(session, "atlas001", reason="done", actor="sec", now=NOW)
-        received = b"".join(_drain(receiver))
+        received = b"".join(drain_datagrams(receiver))
     finally:
         setup_logging(0, None)
         receiver.close()
@@ -696,13 +697,3 @@ def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path
     ):
         expected = line.format(pid=pid, jane=jane).encode()
         assert expected in received, f"syslog lacks {expected!r}"
-
-
-def _drain(receiver: socket.socket) -> list[bytes]:
-    received = []
-    try:
-        while True:
-            received.append(receiver.recv(65536))
-            receiver.settimeout(0.2)
-    except TimeoutError:
-        return received

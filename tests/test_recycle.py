@@ -31,6 +31,7 @@ from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
+    drain_datagrams,
     invariant_violations,
     map_dn,
     open_leases,
@@ -654,7 +655,7 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
         recycler(sqlite_engine, settings).force(
             "atlas001", REASON, now=at("2025-03-01T00:00:00Z")
         )
-        received = _drain(receiver)
+        received = drain_datagrams(receiver)
     finally:
         setup_logging(0, None)
         receiver.close()
@@ -681,16 +682,6 @@ def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
     assert [line[:4] for line in changes] == [b"<86>", b"<84>", b"<86>", b"<86>"], (
         "an override goes at warning priority, the other changes at info"
     )
-
-
-def _drain(receiver: socket.socket) -> list[bytes]:
-    received = []
-    try:
-        while True:
-            received.append(receiver.recv(65536))
-            receiver.settimeout(0.2)
-    except TimeoutError:
-        return received
 
 
 # --- the 'cleaning' state migration ---------------------------------------------
