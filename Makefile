@@ -1,7 +1,7 @@
 # poolmgr developer and quick-start targets.
 #   make demo   set up a virtualenv and run the quick start on SQLite
 #   make test   set up everything the tests need and run them all
-#   make lint   ruff check and format check
+#   make lint   ruff check, format check and mypy
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,6 +27,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check poolmgr tests migrations
 	$(VENV)/bin/ruff format --check poolmgr tests migrations
+	$(VENV)/bin/mypy poolmgr
 
 benchmark: $(VENV)/.installed
 	scripts/test-setup
