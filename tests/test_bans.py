@@ -193,6 +193,16 @@ PATTERN_CASES = {
         False,
     ),
     "other branch": ("/DC=org/DC=example/*", "/DC=org/DC=other/CN=Sam", False),
+    "multi-valued RDN as printed": (
+        "/DC=org/DC=example/UID=sam+CN=Sam Example/*",
+        "/DC=org/DC=example/CN=Sam Example+UID=sam/CN=robot",
+        True,
+    ),
+    "alias inside a multi-valued RDN": (
+        "/DC=org/DC=example/userid=sam+commonName=Sam/*",
+        "/DC=org/DC=example/CN=Sam+UID=sam/OU=x",
+        True,
+    ),
 }
 
 
