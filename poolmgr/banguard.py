@@ -64,17 +64,27 @@ class BanList:
     fqan_patterns: tuple[tuple[str, BanHit], ...]
     unread: tuple[str, ...]
 
-    def match(self, dn: DistinguishedName, fqans: Sequence[Fqan]) -> BanHit | None:
+    def match(
+        self,
+        dn: DistinguishedName,
+        fqans: Sequence[Fqan],
+        written: DistinguishedName | None = None,
+    ) -> BanHit | None:
         """Return the first ban matching the person or any of their FQANs.
 
-        Exact entries cost one dict lookup; wildcard entries are tried one
-        by one, so sites should keep them few.
+        written is the DN as the request wrote it, before proxy RDNs were
+        stripped, when that differs from dn. Exact entries cost one dict
+        lookup; wildcard entries are tried one by one, so sites should keep
+        them few.
         """
         hit = self._match_dn(dn)
         # A trailing numeric CN may be a proxy's that the caller left on (the
-        # service takes DNs as end-entity subjects): it must not hide a ban.
-        for base in dn.proxy_bases() if hit is None else ():
-            hit = self._match_dn(base)
+        # service takes DNs as end-entity subjects), or the person's own that
+        # stripping against an issuer cut off as a proxy's: neither may hide
+        # a ban, so the DN as written and each cut of it are tried too.
+        full = dn if written is None else written
+        for base in (full, *full.proxy_bases()) if hit is None else ():
+            hit = None if base == dn else self._match_dn(base)
             if hit is not None:
                 break
         for fqan in fqans if hit is None else ():
@@ -143,21 +153,23 @@ class BanGuard:
         conn: Connection | None = None,
         *,
         version: str | None = None,
+        written: DistinguishedName | None = None,
     ) -> None:
         """Raise BannedError or BanListUnavailableError; otherwise return.
 
         conn, when given, is the caller's read connection (one checkout less
         on the hot path), and version the ban_state version the caller just
-        read on it, if it did. A person matched by a ban is refused as
-        banned even while a source is unread; anybody else is refused while
-        any configured source has never been read.
+        read on it, if it did; written is the DN before proxy stripping. A
+        person matched by a ban is refused as banned even while a source is
+        unread; anybody else is refused while any configured source has
+        never been read.
         """
         if conn is None:
             with reading(self.engine) as own:
                 bans = self.current(own)
         else:
             bans = self.current(conn, version)
-        hit = bans.match(dn, fqans)
+        hit = bans.match(dn, fqans, written)
         if hit is not None:
             self._refuse_banned(dn, fqans, hit)
         if bans.unread:

@@ -6,7 +6,8 @@ Kinds of entry (F11):
   case and proxy suffix of the person matches. It is stored with the same
   key hash as the person's identity, so a ban joins their leases directly.
 - ``dn-pattern``: a DN with ``*`` wildcards, from a ban-mapfile. It is
-  compared with the canonical slash key, ignoring case; ``*`` matches any
+  compared with the canonical slash key (attribute names canonical, the
+  pairs of a multi-valued RDN without ``*`` sorted), ignoring case; ``*`` matches any
   run of characters (``/`` included) and every other character, ``?``,
   ``[`` and ``.`` among them, is literal. Never a regular expression.
 - ``fqan`` and ``fqan-pattern``: a role refused to everybody who carries it,
@@ -154,13 +155,23 @@ def fqan_pattern_entry(text: str) -> BanEntry:
 
 
 def _pattern_key(text: str) -> str:
+    # Attribute names are canonical and a multi-valued RDN's pairs sorted,
+    # as in identity keys; an RDN holding a '*' keeps its written order,
+    # since the star may stand for more than one pair.
     parts = []
     for segment in text.split("/"):
-        name, equals, value = segment.partition("=")
-        if equals and "*" not in name:
-            name = _canonical_attribute(name)
-        parts.append(name + equals + value)
+        pairs = [_canonical_pair(pair) for pair in segment.split("+")]
+        if len(pairs) > 1 and "*" not in segment:
+            pairs.sort()
+        parts.append("+".join(name + value for name, value in pairs))
     return fold("/".join(parts))
+
+
+def _canonical_pair(pair: str) -> tuple[str, str]:
+    name, equals, value = pair.partition("=")
+    if equals and "*" not in name:
+        name = _canonical_attribute(name)
+    return name, equals + value
 
 
 @lru_cache(maxsize=256)

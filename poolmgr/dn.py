@@ -12,8 +12,9 @@ Forms read (F01, F02):
   when none has, it is RFC 2253/4514, least significant RDN first; a mix is
   rejected. Either way, a DN in an order no tool prints is rejected as
   order-implausible (F02 d): a least significant RDN holding DC or C while
-  the most significant holds neither, or a CN, UID or emailAddress as the
-  most significant RDN followed only by organisational ones. Values
+  the most significant holds neither, or a most significant RDN without an
+  organisational type (a CN, UID, emailAddress, serialNumber...) while the
+  least significant is organisational only. Values
   may be quoted, hex-escaped or `#`-BER-encoded. A leading `subject=` (pasted
   `openssl x509 -subject` output) is dropped.
 
@@ -326,9 +327,10 @@ def _check_order(rdns: list[list[list[str]]], text: str) -> None:
     """Reject comma DNs written in an order no tool prints (F02 d).
 
     Implausible, in slash order: a DC or C as the least significant RDN
-    while the most significant holds neither, or a person's RDN (CN, UID,
-    emailAddress) as the most significant with only organisational ones
-    (DC, C, O, OU, L, ST) after it. Either is a DN typed in the other
+    while the most significant holds neither, or a most significant RDN
+    with no organisational type (a person's CN, UID or emailAddress, or a
+    serialNumber, title, pseudonym...) while the least significant holds
+    only organisational ones (DC, C, O, OU, L, ST). Either is a DN typed in the other
     convention's order, and read as written it would be another person.
     """
     if len(rdns) < 2:
@@ -337,9 +339,9 @@ def _check_order(rdns: list[list[list[str]]], text: str) -> None:
     last = {attr for attr, _ in rdns[-1]}
     if last & _ROOTS and not first & _ROOTS:
         found = "its least significant RDN would be a DC or C"
-    elif first & _PERSONAL and last <= _ORGANISATIONAL:
+    elif not first & _ORGANISATIONAL and last <= _ORGANISATIONAL:
         found = (
-            f"its most significant RDN would be {sorted(first & _PERSONAL)[0]} "
+            f"its most significant RDN would be {sorted(first)[0]} "
             f"and its least significant {sorted(last)[0]}"
         )
     else:
@@ -353,7 +355,6 @@ def _check_order(rdns: list[list[list[str]]], text: str) -> None:
 
 
 _ROOTS = frozenset({"DC", "C"})
-_PERSONAL = frozenset({"CN", "UID", "emailAddress"})
 _ORGANISATIONAL = frozenset({"DC", "C", "O", "OU", "L", "ST"})
 
 

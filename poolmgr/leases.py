@@ -105,6 +105,7 @@ class _Parsed:
     dn: DistinguishedName
     fqans: tuple[Fqan, ...]
     request: MapRequest
+    written: DistinguishedName
 
 
 class _Held(NamedTuple):
@@ -164,7 +165,13 @@ class Mapper:
             # open leases; the ban check comes before any lease is used or
             # written, in every mode.
             rows = _read_person(conn, parsed.dn)
-            self.bans.check(parsed.dn, parsed.fqans, conn, version=rows[0][0])
+            self.bans.check(
+                parsed.dn,
+                parsed.fqans,
+                conn,
+                version=rows[0][0],
+                written=parsed.written,
+            )
             choice = self._choose(conn, parsed)
             seen = _seen_in(rows, choice)
         held = seen.held
@@ -466,7 +473,10 @@ def parse_request(request: MapRequest) -> _Parsed:
         for warning in warnings:
             logger.info("fqan warning: %s", warning)
         fqans.append(fqan)
-    return _Parsed(dn, tuple(fqans), request)
+    # The ban check also tries the DN as written: stripping against an
+    # issuer may cut a numeric CN that is the person's own.
+    written = parse_dn(request.dn, strip_proxy=False)
+    return _Parsed(dn, tuple(fqans), request, written)
 
 
 def retry_conflicts(engine: Engine, work: Callable[[Session], T]) -> T:

@@ -38,12 +38,19 @@ def default_database_url() -> str:
     return f"sqlite:///{default_state_dir() / 'poolmgr.db'}"
 
 
+# Query keys the drivers read as a password; messages show the query.
+_PASSWORD_KEYS = frozenset({"password", "passwd", "pass"})
+
+
 def database_url_problem(url: str) -> str | None:
     """Return why poolmgr cannot use the database URL, or None if it can.
 
     The URL must parse and name one of the backends poolmgr supports; a
-    driver it names must be one SQLAlchemy knows. The URL itself is never
-    quoted, since it may carry a password.
+    driver it names must be one SQLAlchemy knows. Messages show the URL
+    with its password hidden, so a password may only stand where that
+    hides it: a password query parameter, or an unencoded '@' that makes
+    part of the password look like the host, is refused. The URL itself
+    is never quoted here.
     """
     try:
         parsed = make_url(url)
@@ -51,6 +58,17 @@ def database_url_problem(url: str) -> str | None:
         return (
             "the value is not a database URL (give sqlite:///PATH, "
             "postgresql://..., mysql://... or mariadb://...)"
+        )
+    if parsed.host is not None and "@" in parsed.host:
+        return (
+            "the URL has a second '@'; write an '@' inside the user name or "
+            "password as %40"
+        )
+    if any(key.casefold() in _PASSWORD_KEYS for key in parsed.query):
+        return (
+            "the URL carries a password in its query; give it as "
+            "user:password@host (characters such as '@' percent-encoded), "
+            "where messages hide it"
         )
     backend = parsed.get_backend_name()
     if backend not in DATABASE_BACKENDS:

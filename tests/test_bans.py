@@ -193,6 +193,16 @@ PATTERN_CASES = {
         False,
     ),
     "other branch": ("/DC=org/DC=example/*", "/DC=org/DC=other/CN=Sam", False),
+    "multi-valued RDN as printed": (
+        "/DC=org/DC=example/UID=sam+CN=Sam Example/*",
+        "/DC=org/DC=example/CN=Sam Example+UID=sam/CN=robot",
+        True,
+    ),
+    "alias inside a multi-valued RDN": (
+        "/DC=org/DC=example/userid=sam+commonName=Sam/*",
+        "/DC=org/DC=example/CN=Sam+UID=sam/OU=x",
+        True,
+    ),
 }
 
 
@@ -651,6 +661,29 @@ def test_a_proxy_numeric_cn_left_on_a_service_request_does_not_hide_a_ban(
         shutil.rmtree(directory, ignore_errors=True)
     assert reply[0].startswith(b"ERR\tBANNED\t"), f"expected BANNED, got {reply}"
     assert count(sqlite_engine, Lease) == 1, "only Kim's lease, none for the proxy DN"
+
+
+NUMBERED = "/DC=org/DC=example/CN=Ann Roe/CN=12345"
+ISSUED = {
+    "own proxy": (NUMBERED + "/CN=999", NUMBERED),
+    "proxy of a proxy": (NUMBERED + "/CN=999/CN=7", NUMBERED + "/CN=999"),
+    "shorter issuer": (NUMBERED, "/DC=org/DC=example/CN=Ann Roe"),
+}
+
+
+@pytest.mark.parametrize("dn, issuer", ISSUED.values(), ids=ISSUED.keys())
+def test_a_ban_on_a_dn_ending_in_a_numeric_cn_survives_proxy_stripping(
+    sqlite_engine, dn, issuer
+):
+    # With an issuer, stripping reads the chain as proxies of proxies and may
+    # cut the banned DN's own numeric CN; the ban must still refuse the DN
+    # as written, since the check fails closed.
+    settings = make_settings()
+    sync(sqlite_engine, settings, atlas_pools())
+    ban(sqlite_engine, NUMBERED)
+    with pytest.raises(BannedError, match="is refused: dn ban"):
+        map_dn(sqlite_engine, settings, dn, "/atlas", issuer=issuer, now=NOW)
+    assert count(sqlite_engine, Lease) == 0, "no lease for a banned person"
 
 
 def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path):

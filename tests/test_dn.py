@@ -178,8 +178,18 @@ def test_forward_order_in_rfc2253_syntax_is_rejected(text):
         "CN = Bob Brown, O = Example",
         "UID = bbrown, OU = People, O = Example",
         "O=Example,emailAddress=bob@example.org",
+        "O=GermanGrid,CN=Bob Brown,serialNumber=5",
+        "O=Example,OU=People,CN=Bob Brown,title=Dr",
+        "pseudonym = bob, O = Example",
     ],
-    ids=["openssl-cn-first", "openssl-uid-first", "rfc2253-email-last"],
+    ids=[
+        "openssl-cn-first",
+        "openssl-uid-first",
+        "rfc2253-email-last",
+        "rfc2253-serial-last",
+        "rfc2253-title-last",
+        "openssl-pseudonym-first",
+    ],
 )
 def test_a_person_rdn_before_only_organisational_ones_is_rejected(text):
     # Read as written these would be persons no certificate names, beside
@@ -630,15 +640,16 @@ def is_proxy_rdn(rdn: tuple) -> bool:
 
 def is_plausible_order(dn: DistinguishedName) -> bool:
     """The orders comma forms accept: no DC or C last unless one is first, and
-    no CN, UID or emailAddress first with only organisational RDNs last."""
+    no first RDN without an organisational type while the last has only
+    organisational ones."""
     first = {attr for attr, _ in dn.rdns[0]}
     last = {attr for attr, _ in dn.rdns[-1]}
     if len(dn.rdns) < 2:
         return True
     if last & {"DC", "C"} and not first & {"DC", "C"}:
         return False
-    personal_first = first & {"CN", "UID", "emailAddress"}
-    return not (personal_first and last <= {"DC", "C", "O", "OU", "L", "ST"})
+    organisational = {"DC", "C", "O", "OU", "L", "ST"}
+    return not (not first & organisational and last <= organisational)
 
 
 NAMES = (

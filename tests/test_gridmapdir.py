@@ -698,6 +698,56 @@ def test_export_leaves_out_free_accounts_lcmaps_must_not_hand_out(
     ]
 
 
+@pytest.mark.parametrize("state", ["free", "cleaning"])
+def test_update_unlinks_an_ended_lease_whose_account_is_left_out(
+    sqlite_engine, tmp_path, state
+):
+    # The lease ended inside the quiet period (or its cleanup failed): LCMAPS
+    # must neither map the former holder to the account through the old link
+    # nor, once that link is gone, hand the solitary file to a newcomer.
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    target = tmp_path / "out"
+    export(sqlite_engine, target, pools=["atlas"])
+    jose_link = next(p for p in target.iterdir() if "jos" in p.name)
+    with unit_of_work(sqlite_engine) as session:
+        jose = session.scalars(
+            select(Lease).join(Account).where(Account.name == "atlas002")
+        ).one()
+        end_lease(session, jose, reason="test", actor="test", now=EXPORT_NOW)
+        session.get(Account, jose.account_id).state = state
+
+    result = export(sqlite_engine, target, pools=["atlas"], update=True)
+
+    assert not jose_link.exists(), "the ended lease's link must be removed"
+    assert not (target / "atlas002").exists(), "the account must be left out"
+    assert (result.links_removed, result.accounts_removed) == (1, 1)
+    kinds = {"free": "resting", "cleaning": "out_of_service"}
+    assert [(f.kind, f.name) for f in result.findings] == [(kinds[state], "atlas002")]
+
+
+def test_update_moving_a_link_off_a_resting_account_leaves_it_out(
+    sqlite_engine, tmp_path
+):
+    site = atlas_site()
+    leases_for_export(sqlite_engine, site)
+    target = tmp_path / "out"
+    export(sqlite_engine, target, pools=["atlas"])
+    with unit_of_work(sqlite_engine) as session:
+        accounts = {a.name: a for a in session.scalars(select(Account))}
+        accounts["atlas004"].last_used_at = at("2025-05-30T00:00:00Z")  # resting
+    jane = target / (JANE_LEASE + ":atlas")
+    os.unlink(jane)
+    os.link(target / "atlas004", jane)  # a wrong link onto the resting account
+    (target / "atlas004").touch()
+
+    result = export(sqlite_engine, target, pools=["atlas"], update=True)
+
+    assert os.path.samestat(os.stat(jane), os.stat(target / "atlas001"))
+    assert not (target / "atlas004").exists(), "solitary once the link moved"
+    assert [(f.kind, f.name) for f in result.findings] == [("resting", "atlas004")]
+
+
 def test_export_of_an_unknown_pool_is_not_found(sqlite_engine, tmp_path):
     atlas_pools(sqlite_engine, atlas_site())
     with pytest.raises(NotFoundError, match="'cms'"):

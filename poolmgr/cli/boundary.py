@@ -3,12 +3,16 @@
 - an expected failure (PoolmgrError): its message, its exit code;
 - a usage error: one line naming the command and the problem, exit 2;
 - Ctrl-C or SIGTERM: one line saying what state was left, exit 130 or 143;
-- stdout closed by the reader (``poolmgr leases | head -1``): silence, exit
-  141, as a shell reports a command ended by SIGPIPE;
+- stdout closed by the reader (``poolmgr leases | head -1``), or never open
+  (``>&-``) once something is written: silence, exit 141, as a shell
+  reports a command ended by SIGPIPE;
+- stdout failing otherwise (a full disk): one line, exit 1 (3, UNKNOWN,
+  for ``poolmgr check``);
 - anything else is a bug: logged with its traceback, exit 70.
 """
 
 import errno
+import io
 import logging
 import os
 import signal
@@ -40,6 +44,8 @@ class TerminatedError(KeyboardInterrupt):
 def run_guarded(command: Command, args: Sequence[str]) -> int:
     """Run command with args; return the exit status of the whole program."""
     state.interrupt_note = None
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
     try:
         with _terminate_as_interrupt():
             with command.make_context("poolmgr", list(args)) as ctx:
@@ -56,6 +62,8 @@ def _handle(exc: BaseException, command: Command, args: Sequence[str]) -> int:
             return handler(exc, command, args)
     if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
         return _broken_pipe(exc, command, args)
+    if isinstance(exc, OSError) and _is_stdout_failure(exc):
+        return _stdout_failed(exc, command, args)
     if not isinstance(exc, Exception):
         raise exc
     logger.exception("internal error")
@@ -115,6 +123,36 @@ def _broken_pipe(exc: Any, command: Command, args: Sequence[str]) -> int:
     except (OSError, ValueError, AttributeError):  # pragma: no cover
         pass  # (stdout is not a real file, e.g. captured by a test harness)
     return BROKEN_PIPE_EXIT
+
+
+def _is_stdout_failure(exc: OSError) -> bool:
+    # Output goes through typer.echo and the final flush: the innermost
+    # frame of a failed write to stdout is one of those two.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    frame = tb.tb_frame
+    if frame.f_code.co_name == "echo":
+        return not frame.f_locals.get("err")
+    return frame.f_code.co_name == "run_guarded"
+
+
+def _stdout_failed(exc: OSError, command: Command, args: Sequence[str]) -> int:
+    _broken_pipe(exc, command, args)  # the final flush must not fail again
+    _echo_quietly(
+        f"poolmgr: cannot write to standard output: {os.strerror(exc.errno or 0)}."
+    )
+    # For Nagios, a probe whose line was lost is UNKNOWN, not WARNING.
+    return 3 if command_path(command, args) == "poolmgr check" else 1
+
+
+class _ClosedStdout(io.TextIOBase):
+    """Stands for a stdout that was never open: writing is a closed pipe."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 _HANDLERS: list[tuple[type[BaseException], Callable[..., int]]] = [

@@ -23,8 +23,10 @@ are replaced atomically, and times are set. Nothing else is touched.
 
 Accounts LCMAPS must not hand out: a free account under an incident hold,
 out of service (its cleanup has not succeeded) or inside its quiet period is
-left out, and in an update its solitary file removed, because LCMAPS hands
-out any account whose file has one link, at once and to anybody. A ban
+left out, and in an update the links of its ended leases and then its
+file removed, because LCMAPS would still map a former holder through such a
+link and hands out any account whose file has one link, at once and to
+anybody. A ban
 cannot be carried by a gridmapdir: the lease of a banned holder is written,
 so that LCMAPS gives the account to nobody else, and reported, because
 LCMAPS maps that person unless its ban_dn plugin lists them.
@@ -339,7 +341,6 @@ def _set_times(
 
 
 def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
-    _remove_withheld(directory, plan, result)
     accounts = _ensure_accounts(directory, plan, result)
     scan = scan_gridmapdir(directory)
     present = {
@@ -360,6 +361,8 @@ def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
     )
     for link in moving_first:
         _ensure_link(directory, link, accounts, present, result)
+    # Last, so that a link which moved off a withheld account leaves it bare.
+    _remove_withheld(directory, plan, result)
     after = scan_gridmapdir(directory)
     mtimes = {
         name.decode("utf-8", "surrogateescape"): inode.mtime_ns
@@ -370,20 +373,51 @@ def _update(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
 
 
 def _remove_withheld(directory: Path, plan: ExportPlan, result: ExportResult) -> None:
-    """Remove the solitary files of held free accounts; report any other."""
+    """Remove the files of withheld accounts and their ended lease links.
+
+    A link left from an ended lease would let LCMAPS map the former holder
+    to an account being cleaned or resting; once it is gone the account's
+    file would be solitary, which LCMAPS hands to anybody. A file still
+    linked otherwise is reported, not touched.
+    """
+    if not plan.withheld:
+        return
+    names_of = {
+        inode.key: [name.decode("utf-8", "surrogateescape") for name in inode.names]
+        for inode in scan_gridmapdir(directory).inodes
+    }
+    kinds = {f.name: f.kind for f in plan.findings}
     for account in plan.withheld:
         path = directory / account
         try:
             info = path.lstat()
         except FileNotFoundError:
             continue
-        if path.is_file() and not path.is_symlink() and info.st_nlink == 1:
-            path.unlink()
-            result.accounts_removed += 1
-        else:
-            result.findings.append(
-                Finding("held", account, "is held but its file is linked; not removed")
-            )
+        if not path.is_file() or path.is_symlink():
+            _report_linked(result, kinds, account, "is not a plain file")
+            continue
+        others = [
+            name
+            for name in names_of.get((info.st_dev, info.st_ino), [])
+            if name != account
+        ]
+        stale = [n for n in others if n.startswith("%") and n not in plan.links]
+        for name in stale:
+            (directory / name).unlink()
+            result.links_removed += 1
+        if len(others) > len(stale) or path.lstat().st_nlink > 1:
+            _report_linked(result, kinds, account, "still has other names")
+            continue
+        path.unlink()
+        result.accounts_removed += 1
+
+
+def _report_linked(
+    result: ExportResult, kinds: dict[str, str], account: str, why: str
+) -> None:
+    result.findings.append(
+        Finding(kinds.get(account, "withheld"), account, f"{why}; not removed")
+    )
 
 
 def _ensure_accounts(

@@ -63,6 +63,24 @@ def test_a_bad_database_url_names_the_option_or_variable(capsys, monkeypatch, so
     assert err.startswith(f"poolmgr: {source}: the value is not a database URL")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://127.0.0.1:1/db?password=s3cretpw",
+        "postgresql://u@127.0.0.1:1/db?PassWord=s3cretpw",
+        "mysql+pymysql://u@127.0.0.1:1/db?passwd=s3cretpw",
+        "postgresql://u:p@ss3cretpw@127.0.0.1:1/db",
+    ],
+    ids=["query-password", "query-case", "query-passwd", "unencoded-at"],
+)
+def test_no_message_shows_a_password_however_the_url_carries_it(capsys, url):
+    code = main(["--database", url, "pools"])
+    _, err = capsys.readouterr()
+    assert code == 10, f"expected a bad-configuration exit, got {code}: {err}"
+    assert "s3cretpw" not in err, f"the password is shown: {err}"
+    assert err.startswith("poolmgr: --database: ") and err.count("\n") == 1
+
+
 def test_a_dry_run_in_a_missing_directory_names_it(tmp_path, capsys):
     path = tmp_path / "nodir" / "x.db"
     cards = Path(__file__).parents[2] / "vocards"

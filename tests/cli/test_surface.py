@@ -124,6 +124,46 @@ def test_a_closed_stdout_exits_141_silently(cli, tmp_path, args):
     assert (proc.returncode, proc.stderr) == (141, "")
 
 
+def _run_with_stdout(tmp_path, args, **stdout):
+    return subprocess.run(
+        [sys.executable, "-c", "from poolmgr.cli import run; run()"]
+        + ["--config", str(tmp_path / "poolmgr.yaml"), *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        **stdout,
+    )
+
+
+def test_a_stdout_that_was_never_open_counts_as_closed(cli, tmp_path):
+    cli("sync")
+    # close_fds cannot close fd 1; a shell's '>&-' does, so run one.
+    command = " ".join(
+        [sys.executable, "-c", "'from poolmgr.cli import run; run()'"]
+        + ["--config", str(tmp_path / "poolmgr.yaml"), "pools", ">&-"]
+    )
+    proc = subprocess.run(
+        ["/bin/sh", "-c", command],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr
+
+
+@pytest.mark.parametrize(("command", "code"), [("pools", 1), ("check", 3)])
+def test_a_failing_stdout_is_one_line_exit_1(cli, tmp_path, command, code):
+    cli("sync")
+    with open("/dev/full", "w") as full:
+        proc = _run_with_stdout(tmp_path, [command], stdout=full)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr == (
+        "poolmgr: cannot write to standard output: No space left on device.\n"
+    )
+
+
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 UNUSABLE = {"newline": "disk\nfull", "bidi-override": "disk \u202efull"}
 
