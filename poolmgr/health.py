@@ -263,8 +263,11 @@ def _pool_perfdata(name: str, left: int, total: int, options: CheckOptions) -> s
     """Return 'name'=available;warn;crit;0;accounts in Nagios range syntax.
 
     The probe alerts at or below a percentage; 'N:' alerts below N, so each
-    threshold is the smallest count that does not alert.
+    threshold is the smallest count that does not alert. A pool of no
+    accounts never alerts, so it gets no thresholds.
     """
+    if not total:
+        return f"'{name}'={left};;;0;0"
     warn = math.floor(options.warning * total / 100) + 1
     crit = math.floor(options.critical * total / 100) + 1
     return f"'{name}'={left};{warn}:;{crit}:;0;{total}"

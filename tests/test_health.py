@@ -301,6 +301,14 @@ def test_pools_carry_perfdata_with_the_probes_own_thresholds(
     assert (threshold > 7) == (result.status is Status.CRITICAL)
 
 
+def test_a_pool_of_no_accounts_has_perfdata_without_thresholds(sqlite_engine, site):
+    # It never alerts, so no threshold may put its value in alert range.
+    fill(sqlite_engine, site, 0, 0)
+    result = check(sqlite_engine, "pools")
+    assert result.status is Status.OK
+    assert result.perfdata == ("'atlas'=0;;;0;0",)
+
+
 def test_the_summary_ends_with_every_perfdata_item_whole():
     results = (
         CheckResult("a", Status.WARNING, "x|y " * 400, ("'p1'=1;2:;1:;0;5",)),
