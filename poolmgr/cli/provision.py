@@ -120,14 +120,15 @@ def import_command(
 ) -> None:
     """Adopt a site: pools and accounts from users.conf, VO cards from groups.conf."""
     settings = state.settings()
+    engine = state.engine(create=not dry_run)
     if kind is ImportKind.users_conf:
-        with unit_of_work(state.engine()) as session:
+        with unit_of_work(engine) as session:
             report = import_users_conf(session, settings, file, utcnow())
             if dry_run:
                 session.rollback()
     else:
         out_dir = vocards_out or settings.vocards
-        with unit_of_work(state.engine(), write=False) as session:
+        with unit_of_work(engine, write=False) as session:
             report = import_groups_conf(
                 session, file, out_dir, overwrite=overwrite, dry_run=dry_run
             )

@@ -19,8 +19,8 @@ or is not a socket."""
 QUERY_EPILOG = """Prints the service's OK reply line. Exit codes as for map:
 0 mapped; 1 service unreachable or other failure; 2 bad input or request; 3
 no pool matches; 4 pool exhausted; 5 banned; 6 ban list unavailable; 7 no
-lease (--verify); 8 database unavailable; 9 contention; 70 internal error
-in the service."""
+lease (--verify); 8 database unavailable; 9 contention; 12 this user may
+not use the service (REFUSED); 70 internal error in the service."""
 
 SocketOption = Annotated[
     Path | None,

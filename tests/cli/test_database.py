@@ -107,6 +107,20 @@ def test_a_dry_run_recycle_does_not_create_the_database(cli, tmp_path):
     assert list(tmp_path.glob("cli.db*")) == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("users.conf", "100001:atlas001:100000:atlas:atlas::\n"),
+        ("groups.conf", '"/atlas"::::\n'),
+    ],
+)
+def test_a_dry_run_import_does_not_create_the_database(cli, tmp_path, kind, text):
+    source = tmp_path / kind
+    source.write_text(text)
+    result = cli("import", kind, str(source), "--dry-run")
+    assert list(tmp_path.glob("cli.db*")) == [], f"a dry run created it: {result}"
+
+
 @pytest.fixture
 def newer(cli, tmp_path):
     """A database that a newer poolmgr upgraded to a revision unknown here."""
