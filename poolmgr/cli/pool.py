@@ -25,7 +25,14 @@ def register(app: typer.Typer) -> None:
 def pools_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List pools: accounts leased, free, resting, held, cleaning, retired."""
+    """List pools: accounts leased, free, resting, held, cleaning, retired.
+
+    Each account is counted once: LEASED counts every open lease, held or
+    not; FREE the free accounts a newcomer could get now; QUIET free ones
+    inside their quiet period; HELD free ones under an incident hold (see
+    'poolmgr holds' for every hold); CLEANING those out of service, waiting
+    for a cleanup ('out_of_service' in --json).
+    """
     quiet = state.settings().quiet
     with unit_of_work(state.engine(), write=False) as session:
         summaries = pool_summaries(session, quiet)
