@@ -78,6 +78,14 @@ def invariant_violations(engine: Engine) -> list[str]:
         return find_broken_invariants(session)
 
 
+def syslog_receiver(address: object) -> socket.socket:
+    """Return a datagram socket bound at address, as a test syslog; close it."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(address))
+    receiver.settimeout(2)
+    return receiver
+
+
 def drain_datagrams(receiver: socket.socket) -> list[bytes]:
     """Return what a test syslog socket received, waiting for the first line.
 

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -57,6 +56,7 @@ from tests.factories import (
     pool,
     set_last_use,
     sync,
+    syslog_receiver,
 )
 from tests.test_service import exchange, mapper_handler, running
 
@@ -688,9 +688,7 @@ def test_a_ban_on_a_dn_ending_in_a_numeric_cn_survives_proxy_stripping(
 
 def test_bans_holds_refusals_and_list_syncs_reach_syslog(sqlite_engine, tmp_path):
     address = tmp_path / "log"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(address))
-    receiver.settimeout(2)
+    receiver = syslog_receiver(address)
     settings = make_settings(
         ban_sources=[SOURCE], syslog={"enabled": True, "address": str(address)}
     )

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import sys
 import time
 from datetime import timedelta
@@ -38,6 +37,7 @@ from tests.factories import (
     pool,
     set_last_use,
     sync,
+    syslog_receiver,
 )
 
 DREW = "/DC=org/DC=example/CN=Drew Past"
@@ -639,9 +639,7 @@ def _last_use(engine):
 
 def test_state_changes_reach_syslog_as_key_value_lines(sqlite_engine, tmp_path):
     address = tmp_path / "log"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(address))
-    receiver.settimeout(2)
+    receiver = syslog_receiver(address)
     settings = make_settings(
         quiet_period="183 days",
         syslog={"enabled": True, "address": str(address)},

@@ -51,6 +51,14 @@ def write_site(tmp_path: Path, extra: str = "syslog:\n  enabled: false\n") -> Pa
     return config
 
 
+def edit_site(tmp_path: Path, old: str, new: str) -> None:
+    """Replace old by new in the site configuration write_site wrote."""
+    config = tmp_path / "poolmgr.yaml"
+    text = config.read_text()
+    assert old in text, f"the test configuration lacks {old!r}"
+    config.write_text(text.replace(old, new))
+
+
 @pytest.fixture
 def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     """Run poolmgr with a fresh SQLite database and VO card directory."""

@@ -5,6 +5,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from poolmgr import health
 from poolmgr.cli import main
+from tests.cli.conftest import edit_site
 
 # Performance data of the test site's two pools, after every probe line.
 PERFDATA = " | 'atlas'=3;1:;1:;0;3 'atlasprd'=2;1:;1:;0;2 'invariant_violations'=0;;0;0"
@@ -156,16 +157,9 @@ def test_a_failure_while_reporting_a_failure_is_still_unknown(
     assert out == "POOLMGR UNKNOWN - check failed: RuntimeError: broken reporter\n"
 
 
-def _configure(tmp_path, old: str, new: str) -> None:
-    config = tmp_path / "poolmgr.yaml"
-    text = config.read_text()
-    assert old in text, f"the test configuration lacks {old!r}"
-    config.write_text(text.replace(old, new))
-
-
 def test_a_dn_only_pool_that_does_not_exist_is_critical(cli, tmp_path):
     cli("sync")
-    _configure(
+    edit_site(
         tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: nopool\n"
     )
     result = cli("check")
@@ -179,9 +173,7 @@ def test_a_dn_only_pool_that_does_not_exist_is_critical(cli, tmp_path):
 
 def test_a_dn_only_pool_that_exists_is_ok(cli, tmp_path):
     cli("sync")
-    _configure(
-        tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: atlas\n"
-    )
+    edit_site(tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: atlas\n")
     result = cli("check", "--verbose")
     assert result.code == 0
     assert "OK dn_only_pool: dn_only_pool atlas live" in result.out.splitlines()
@@ -190,7 +182,7 @@ def test_a_dn_only_pool_that_exists_is_ok(cli, tmp_path):
 def test_an_unreachable_syslog_is_a_warning_naming_it(cli, tmp_path):
     cli("sync")
     missing = tmp_path / "no-such-log"
-    _configure(tmp_path, "enabled: false\n", f"address: {missing}\n")
+    edit_site(tmp_path, "enabled: false\n", f"address: {missing}\n")
     result = cli("check")
     assert result.code == 1
     assert result.out == (

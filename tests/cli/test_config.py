@@ -2,17 +2,12 @@
 
 import sqlite3
 
-
-def _configure(tmp_path, old: str, new: str) -> None:
-    config = tmp_path / "poolmgr.yaml"
-    text = config.read_text()
-    assert old in text, f"the test configuration lacks {old!r}"
-    config.write_text(text.replace(old, new))
+from tests.cli.conftest import edit_site
 
 
 def test_an_unreachable_syslog_warns_once_and_events_are_still_written(cli, tmp_path):
     missing = tmp_path / "no-log"
-    _configure(tmp_path, "enabled: false\n", f"address: {missing}\n")
+    edit_site(tmp_path, "enabled: false\n", f"address: {missing}\n")
     result = cli("-v", "sync")
     assert result.code == 0
     warnings = [line for line in result.err.splitlines() if "warning" in line]
@@ -30,7 +25,7 @@ def test_a_dn_only_pool_that_does_not_exist_is_named_when_mapping(
     cli, tmp_path, capsys
 ):
     cli("sync")
-    _configure(tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: x\n")
+    edit_site(tmp_path, "check_nss: false\n", "check_nss: false\ndn_only_pool: x\n")
     result = cli("map", "/DC=org/CN=Jane")
     assert result.code == 3
     assert result.err == (
