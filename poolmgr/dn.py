@@ -205,7 +205,10 @@ def _issuer_keys(issuer: str) -> tuple[Rdn, ...]:
     return _rdn_keys(_parse_rdns(issuer))
 
 
+@lru_cache(maxsize=4096)
 def _parse_rdns(text: str) -> tuple[Rdn, ...]:
+    # Cached apart from _parse_cached: a request's DN is read both as
+    # presented and without its proxy RDNs, and both need these RDNs.
     _check_text(text)
     body = _strip_spaces(text)
     prefix = _SUBJECT_PREFIX.match(body) if body[:1] in "sS" else None

@@ -597,9 +597,6 @@ _TOUCH_OPEN_LEASE = (
         )
     )
 )
-_LEASE_ACCOUNT = (
-    update(Account).where(Account.id == bindparam("account_id")).values(state="leased")
-)
 
 
 def _start_lease(
@@ -645,7 +642,7 @@ def _start_lease(
         lease_id = conn.execute(_START_LEASE, values).scalar_one()
     else:
         lease_id = _new_id(conn.execute(_INSERT_LEASE, values))
-        conn.execute(_LEASE_ACCOUNT, {"account_id": account.id})
+        conn.execute(_LEASE_ACCOUNT, values)
         conn.execute(events.INSERT, row | {"lease_id": lease_id})
     logged["lease_id"] = lease_id
     events.queue_log(session, logging.INFO, "lease_started", **logged)
@@ -688,6 +685,11 @@ _LEASE_VALUES = {
 _INSERT_LEASE = insert(Lease).values(
     identity_id=_v("identity_id", Integer), **_LEASE_VALUES
 )
+_LEASE_ACCOUNT = (
+    update(Account)
+    .where(Account.id == _v("account_id", Integer))
+    .values(state=literal_column("'leased'", String))
+)
 _EVENT_VALUES = {
     "at": _v("now", UTCDateTime()),
     "kind": literal_column("'lease_started'", String),
@@ -711,12 +713,7 @@ def _start_lease_statement() -> Select:
         .returning(Lease.id)
         .cte("new_lease")
     )
-    leased = (
-        update(Account)
-        .where(Account.id == _v("account_id", Integer))
-        .values(state=literal_column("'leased'", String))
-        .cte("leased")
-    )
+    leased = _LEASE_ACCOUNT.cte("leased")
     logged = (
         insert(Event)
         .from_select(
