@@ -312,25 +312,35 @@ class Mapper:
     def _first_usable(
         self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
     ) -> Row[Any] | None:
+        # Every row a locking read returns stays locked until commit, so it
+        # asks for one: a batch would hide the pool's last free accounts from
+        # every concurrent caller while only one of them is leased. Only
+        # after a rejection (quiet period not quite over, NSS) does it read
+        # in batches.
+        first = 1 if lock else _BATCH
         rejected: set[int] = set()
         key = (conn.dialect.name, lock)
         queries = self._queries.get(key)
         if queries is None:
             queries = self._queries[key] = [
                 (query.with_for_update(skip_locked=True) if lock else query).limit(
-                    _BATCH
+                    first
                 )
                 for query in self._candidate_queries(conn.dialect.name)
             ]
         for query in queries:
+            size = first
             while True:
-                stmt = query.where(Account.id.not_in(rejected)) if rejected else query
+                stmt = query
+                if rejected:
+                    size = _BATCH
+                    stmt = query.where(Account.id.not_in(rejected)).limit(size)
                 batch = conn.execute(stmt, params).all()
                 for account in batch:
                     if self._is_usable(account, now):
                         return account
                     rejected.add(account.id)
-                if len(batch) < _BATCH:
+                if len(batch) < size:
                     break
         return None
 

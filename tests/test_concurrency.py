@@ -173,3 +173,49 @@ def test_a_person_created_after_the_read_is_found_on_retry(engine, site, monkeyp
     (lease,) = all_leases(engine)
     assert result.lease_id == lease.id and result.account == "tst001"
     assert invariant_violations(engine) == []
+
+
+def test_a_mapping_in_flight_locks_only_the_account_it_takes(engine, site, monkeypatch):
+    """While one new lease is uncommitted, the pool's other free accounts
+    stay available: a caller that finds them all locked would retry instead.
+    """
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    import poolmgr.leases as leases
+    from poolmgr.errors import ContentionError
+
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    original = leases._start_lease
+    taken, release = threading.Event(), threading.Event()
+    calls = []
+
+    def start_then_wait(*args, **kwargs):
+        held = original(*args, **kwargs)
+        calls.append(held)
+        if len(calls) == 1:
+            taken.set()
+            release.wait(10)
+        return held
+
+    monkeypatch.setattr(leases, "_start_lease", start_then_wait)
+    monkeypatch.setattr(leases, "MAX_ATTEMPTS", 1)
+    mapper = Mapper(engine, site)
+    with ThreadPoolExecutor(1) as executor:
+        first = executor.submit(
+            mapper.map, MapRequest(dn="/DC=org/DC=example/CN=Early", fqans=("/tst",))
+        )
+        assert taken.wait(10), "the first mapping never reached its write"
+        try:
+            second = mapper.map(
+                MapRequest(dn="/DC=org/DC=example/CN=Second", fqans=("/tst",))
+            )
+        except ContentionError:
+            second = None
+        finally:
+            release.set()
+        early = first.result(10)
+    assert second is not None, (
+        "two free accounts were left, yet the in-flight mapping had them locked"
+    )
+    assert {early.account, second.account} == {"tst001", "tst002"}
+    assert invariant_violations(engine) == []
