@@ -413,6 +413,8 @@ def test_ctrl_c_during_an_override_cleanup_reports_and_stops_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     started = wait_for(pids)
     proc.send_signal(signal.SIGINT)
