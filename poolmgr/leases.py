@@ -34,6 +34,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -151,6 +152,7 @@ class Mapper:
         self._router: tuple[float, Router] | None = None
         self.bans = BanGuard(engine, settings)
         self._queries: dict[tuple[str, bool], list[Select]] = {}
+        self._create_person: Select | None = None
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
         """Return the mapping for request, creating or refreshing its lease.
@@ -249,9 +251,17 @@ class Mapper:
                 held = held._replace(last_used_at=now)
             return self._result(held, choice, parsed, new=False)
 
-        person = _person_for_lease(conn, parsed.dn, now, seen)
+        first: Sequence[Row[Any]] | None = None
+        if seen.person is None and conn.dialect.name == "postgresql":
+            person, first = self._create_person_and_lock(
+                conn, parsed.dn, now, choice.routes[0]
+            )
+        else:
+            person = _person_for_lease(conn, parsed.dn, now, seen)
         for index, route in enumerate(choice.routes):
-            account = self._pick_account(conn, route, now, person)
+            account = self._pick_account(
+                conn, route, now, person, first if index == 0 else None
+            )
             if account is None:
                 continue
             if index:
@@ -282,7 +292,12 @@ class Mapper:
         )
 
     def _pick_account(
-        self, conn: Connection, route: Route, now: datetime, person: _Person
+        self,
+        conn: Connection,
+        route: Route,
+        now: datetime,
+        person: _Person,
+        first: Sequence[Row[Any]] | None = None,
     ) -> Row[Any] | None:
         """Lock and return the best free account of the route's pool, or None.
 
@@ -290,7 +305,8 @@ class Mapper:
         so concurrent callers take different accounts instead of queueing;
         on SQLite the unit of work already holds the write lock (BEGIN
         IMMEDIATE). When every free account is locked by others, the caller
-        retries rather than reporting the pool exhausted.
+        retries rather than reporting the pool exhausted. first: what the
+        first candidate query returned, when it already ran.
         """
         locking = conn.dialect.name != "sqlite"
         params = {
@@ -298,7 +314,7 @@ class Mapper:
             "cutoff": self.quiet.safe_cutoff(now),
             "requester": person.id,
         }
-        account = self._first_usable(conn, params, now, lock=locking)
+        account = self._first_usable(conn, params, now, lock=locking, first=first)
         # Nothing this caller could lock: if an unlocked read still finds a
         # usable account, another transaction holds it for the moment.
         if (
@@ -310,32 +326,41 @@ class Mapper:
         return account
 
     def _first_usable(
-        self, conn: Connection, params: dict[str, Any], now: datetime, *, lock: bool
+        self,
+        conn: Connection,
+        params: dict[str, Any],
+        now: datetime,
+        *,
+        lock: bool,
+        first: Sequence[Row[Any]] | None = None,
     ) -> Row[Any] | None:
         # Every row a locking read returns stays locked until commit, so it
         # asks for one: a batch would hide the pool's last free accounts from
         # every concurrent caller while only one of them is leased. Only
         # after a rejection (quiet period not quite over, NSS) does it read
         # in batches.
-        first = 1 if lock else _BATCH
+        limit = 1 if lock else _BATCH
         rejected: set[int] = set()
         key = (conn.dialect.name, lock)
         queries = self._queries.get(key)
         if queries is None:
             queries = self._queries[key] = [
                 (query.with_for_update(skip_locked=True) if lock else query).limit(
-                    first
+                    limit
                 )
                 for query in self._candidate_queries(conn.dialect.name)
             ]
         for query in queries:
-            size = first
+            size = limit
             while True:
                 stmt = query
                 if rejected:
                     size = _BATCH
                     stmt = query.where(Account.id.not_in(rejected)).limit(size)
-                batch = conn.execute(stmt, params).all()
+                if first is not None:
+                    batch, first = first, None
+                else:
+                    batch = conn.execute(stmt, params).all()
                 for account in batch:
                     if self._is_usable(account, now):
                         return account
@@ -344,23 +369,63 @@ class Mapper:
                     break
         return None
 
-    def _candidate_queries(self, dialect: str) -> list[Select]:
+    def _create_person_and_lock(
+        self, conn: Connection, dn: DistinguishedName, now: datetime, route: Route
+    ) -> tuple[_Person, Sequence[Row[Any]]]:
+        """Create a new person's identity and lock the route's first candidate.
+
+        One PostgreSQL statement: the identity insert runs first (the
+        candidate read depends on its id), so two first mappings of one
+        person still meet at the unique key hash before either locks an
+        account. Returns the person and what the never-used query found.
+        """
+        if self._create_person is None:
+            identity = _INSERT_IDENTITY.returning(Identity.id).cte("new_identity")
+            never_used = self._candidate_queries("postgresql", identity.c.id)[0]
+            candidate = (
+                never_used.with_for_update(skip_locked=True).limit(1).lateral("free")
+            )
+            self._create_person = (
+                select(identity.c.id.label("new_identity_id"), candidate)
+                .select_from(identity)
+                .outerjoin(candidate, true())
+            )
+        display = dn.slash()
+        row = conn.execute(
+            self._create_person,
+            {
+                "v_kind": X509,
+                "v_key": dn.key,
+                "v_key_hash": key_hash(X509, dn.key),
+                "v_display": display,
+                "v_now": now,
+                "pool_id": route.pool_id,
+            },
+        ).one()
+        person = _Person(row.new_identity_id, display, False)
+        return person, [row] if row.id is not None else []
+
+    def _candidate_queries(self, dialect: str, requester: Any = None) -> list[Select]:
         """Return the free-account queries in preference order.
 
         Never-used accounts first, by number; then accounts whose quiet
         period may be over, the longest free first. Accounts under an
         incident hold are never offered. Parameters: pool_id, cutoff (a
-        loose bound, checked exactly by _is_usable).
+        loose bound, checked exactly by _is_usable) and requester, unless
+        given as an expression.
         """
+        if requester is None:
+            requester = bindparam("requester")
         # An override waives the quiet period for everybody except the person
         # whose lease it ended: they get a different account.
         waived_for_requester = (
             exists()
             .where(
                 Lease.account_id == Account.id,
-                Lease.identity_id == bindparam("requester"),
+                Lease.identity_id == requester,
                 Lease.ended_at == Account.quiet_waived_at,
             )
+            .correlate_except(Lease)
             .label("waived_for_requester")
         )
         free = select(*_ACCOUNT_COLUMNS, waived_for_requester).where(

@@ -486,3 +486,36 @@ def test_exhaustion_counts_free_accounts_nss_does_not_resolve(
         "resolve on this host (atlas002, atlas003): create them, or set "
         "check_nss: false."
     )
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["new person", "known person"])
+def test_accounts_nss_does_not_resolve_are_passed_over_for_the_next(
+    engine, site, monkeypatch, known
+):
+    """The first candidate is read in the same statement as a new person's
+    identity on PostgreSQL; a rejected one is skipped like any other."""
+    sync(
+        engine,
+        site,
+        [pool("atlas", "atlas", 4, "/atlas"), pool("cms", "cms", 1, "/cms")],
+    )
+    if known:
+        map_dn(engine, site, JANE, "/cms")
+    uids = {"atlas003": 100003, "atlas004": 100004}
+
+    def fetch(kind: str, key: str) -> object:
+        if kind == "passwd" and key in uids:
+            return nss.pwd.struct_passwd((key, "x", uids[key], 1, "", "/", "/bin/sh"))
+        return None
+
+    monkeypatch.setattr(nss, "_fetch", fetch)
+    nss.clear_cache()
+    try:
+        result = map_dn(engine, make_settings(check_nss=True), JANE, "/atlas")
+    finally:
+        nss.clear_cache()
+    assert result.account == "atlas003", (
+        f"expected the first account that resolves, got {result.account}"
+    )
+    assert len(all_leases(engine)) == (2 if known else 1)
+    assert invariant_violations(engine) == []
