@@ -139,6 +139,7 @@ def _create_engine(url: str) -> Engine:
             # under light load one connection stays warm and the others idle.
             pool_use_lifo=True,
             connect_args=_connect_args(parsed.get_backend_name()),
+            **_isolation(parsed.get_backend_name()),
         )
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"Database URL is not usable: {exc}") from None
@@ -147,6 +148,19 @@ def _create_engine(url: str) -> Engine:
         _allow_long_statements(engine)
         _detect_dead_mysql_peers(engine)
     return engine
+
+
+def _isolation(backend: str) -> dict[str, str]:
+    """READ COMMITTED on MariaDB/MySQL, as PostgreSQL has it by default.
+
+    Under InnoDB's default REPEATABLE READ a locking read keeps every row it
+    looked at locked until commit, also the ones its WHERE then rejected
+    (an account under a hold, or one an override waived against the
+    requester): a mapping in flight would hide them from concurrent callers.
+    """
+    if backend in ("mysql", "mariadb"):
+        return {"isolation_level": "READ COMMITTED"}
+    return {}
 
 
 PING_AFTER_IDLE = 10.0

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     Engine,
+    Exists,
     Integer,
     Row,
     Select,
@@ -151,7 +152,7 @@ class Mapper:
         self._router_ttl = router_ttl
         self._router: tuple[float, Router] | None = None
         self.bans = BanGuard(engine, settings)
-        self._queries: dict[tuple[str, bool], list[Select]] = {}
+        self._queries: dict[str, _Queries] = {}
         self._create_person: Select | None = None
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
@@ -334,38 +335,56 @@ class Mapper:
         lock: bool,
         first: Sequence[Row[Any]] | None = None,
     ) -> Row[Any] | None:
-        # Every row a locking read returns stays locked until commit, so it
-        # asks for one: a batch would hide the pool's last free accounts from
-        # every concurrent caller while only one of them is leased. Only
-        # after a rejection (quiet period not quite over, NSS) does it read
-        # in batches.
-        limit = 1 if lock else _BATCH
-        rejected: set[int] = set()
-        key = (conn.dialect.name, lock)
-        queries = self._queries.get(key)
+        """Return the first usable free account, locked if lock; or None.
+
+        Every row a locking read returns stays locked until commit, so no
+        locking read returns more than the one account it offers: a batch
+        would hide the pool's last free accounts from every concurrent
+        caller while only one of them is leased. The first candidate of each
+        query is read and locked at once; only when it is rejected (quiet
+        period not quite over, NSS, an override against this person) are
+        the next ones read in batches without locks, and each usable one
+        then locked by itself.
+        """
+        queries = self._queries.get(conn.dialect.name)
         if queries is None:
-            queries = self._queries[key] = [
-                (query.with_for_update(skip_locked=True) if lock else query).limit(
-                    limit
-                )
-                for query in self._candidate_queries(conn.dialect.name)
-            ]
-        for query in queries:
-            size = limit
+            queries = self._queries[conn.dialect.name] = _Queries.build(
+                conn.dialect.name,
+                self._candidate_queries(conn.dialect.name),
+                self._free_accounts(bindparam("requester")),
+            )
+        rejected: set[int] = set()
+        for index, query in enumerate(queries.batches):
+            locked_head = queries.heads[index]
+            if lock and not rejected and locked_head is not None:
+                if index == 0 and first is not None:
+                    head = first
+                else:
+                    head = conn.execute(locked_head, params).all()
+                if not head:
+                    continue
+                if self._is_usable(head[0], now):
+                    return head[0]
+                rejected.add(head[0].id)
             while True:
                 stmt = query
                 if rejected:
-                    size = _BATCH
-                    stmt = query.where(Account.id.not_in(rejected)).limit(size)
-                if first is not None:
-                    batch, first = first, None
-                else:
-                    batch = conn.execute(stmt, params).all()
+                    stmt = query.where(Account.id.not_in(rejected))
+                batch = conn.execute(stmt, params).all()
                 for account in batch:
-                    if self._is_usable(account, now):
+                    if not self._is_usable(account, now):
+                        rejected.add(account.id)
+                        continue
+                    if not lock:
                         return account
+                    # Read without a lock: gone or taken since, it is skipped.
+                    locked = conn.execute(
+                        queries.by_id, params | {"account_id": account.id}
+                    ).first()
+                    if locked is not None and self._is_usable(locked, now):
+                        return locked
                     rejected.add(account.id)
-                if len(batch) < size:
+                if len(batch) < _BATCH:
                     break
         return None
 
@@ -405,6 +424,18 @@ class Mapper:
         person = _Person(row.new_identity_id, display, False)
         return person, [row] if row.id is not None else []
 
+    @staticmethod
+    def _free_accounts(requester: Any) -> Select:
+        """Free accounts of pool_id that no hold keeps back, as candidates."""
+        return select(
+            *_ACCOUNT_COLUMNS,
+            _waived_against(requester).label("waived_for_requester"),
+        ).where(
+            Account.pool_id == bindparam("pool_id"),
+            Account.state == "free",
+            ~IS_HELD,
+        )
+
     def _candidate_queries(self, dialect: str, requester: Any = None) -> list[Select]:
         """Return the free-account queries in preference order.
 
@@ -416,23 +447,7 @@ class Mapper:
         """
         if requester is None:
             requester = bindparam("requester")
-        # An override waives the quiet period for everybody except the person
-        # whose lease it ended: they get a different account.
-        waived_for_requester = (
-            exists()
-            .where(
-                Lease.account_id == Account.id,
-                Lease.identity_id == requester,
-                Lease.ended_at == Account.quiet_waived_at,
-            )
-            .correlate_except(Lease)
-            .label("waived_for_requester")
-        )
-        free = select(*_ACCOUNT_COLUMNS, waived_for_requester).where(
-            Account.pool_id == bindparam("pool_id"),
-            Account.state == "free",
-            ~IS_HELD,
-        )
+        free = self._free_accounts(requester)
         # Both read an index in order and stop at the limit, however many
         # accounts of the pool are leased. PostgreSQL takes its order from
         # ix_accounts_free_order only when last_used_at (NULL in every row)
@@ -448,11 +463,17 @@ class Mapper:
             never_used = free.where(Account.last_used_at.is_(None)).order_by(
                 Account.last_used_at, Account.number
             )
+        # The cutoff is loose (see _is_usable); a waived quiet period counts
+        # only if the account was not used since, and not for the person
+        # whose lease the override ended.
         rested = free.where(
             Account.last_used_at.is_not(None),
             or_(
                 Account.last_used_at <= bindparam("cutoff"),
-                Account.quiet_waived_at.is_not(None),
+                and_(
+                    Account.quiet_waived_at >= Account.last_used_at,
+                    ~_waived_against(requester),
+                ),
             ),
         ).order_by(Account.free_since, Account.number)
         if dialect in ("mysql", "mariadb"):
@@ -533,6 +554,51 @@ _ACCOUNT_COLUMNS = (
     Account.last_used_at,
     Account.quiet_waived_at,
 )
+
+
+def _waived_against(requester: Any) -> Exists:
+    """Whether an override waived the account's quiet period against requester.
+
+    An override waives the quiet period for everybody except the person
+    whose lease it ended: they get a different account.
+    """
+    return (
+        exists()
+        .where(
+            Lease.account_id == Account.id,
+            Lease.identity_id == requester,
+            Lease.ended_at == Account.quiet_waived_at,
+        )
+        .correlate_except(Lease)
+    )
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The candidate queries of one dialect, in the forms _first_usable runs."""
+
+    heads: list[Select | None]  # each query's first candidate, read and locked
+    batches: list[Select]  # each query in batches, no lock
+    by_id: Select  # one account by account_id, if still free; locked
+
+    @classmethod
+    def build(cls, dialect: str, queries: list[Select], free: Select) -> "_Queries":
+        # InnoDB keeps a locking read's lock on every row it scanned, also
+        # on rows its WHERE then rejected. Never-used accounts are rejected
+        # only when held, and then nobody may have them; a rested account
+        # can be rejected for this requester alone (an override against
+        # them), so on MariaDB rested accounts are only locked one by one.
+        lockable = [True, dialect not in ("mysql", "mariadb")]
+        return cls(
+            heads=[
+                query.with_for_update(skip_locked=True).limit(1) if safe else None
+                for query, safe in zip(queries, lockable, strict=True)
+            ],
+            batches=[query.limit(_BATCH) for query in queries],
+            by_id=free.where(Account.id == bindparam("account_id")).with_for_update(
+                skip_locked=True
+            ),
+        )
 
 
 class _Retry(Exception):

@@ -1,0 +1,461 @@
+"""Account locking on the server databases, at its edges.
+
+A mapping in flight must lock no account it does not take (rejected
+candidates included), a new person's identity must be in place before any
+account is locked for them, and rejections (NSS, the loose quiet-period
+window, an override against the requester) never turn into failures while
+a usable account is free.
+"""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from poolmgr import nss
+from poolmgr.db import unit_of_work
+from poolmgr.dn import parse_dn
+from poolmgr.errors import ContentionError, PoolExhaustedError
+from poolmgr.holds import hold_account
+from poolmgr.identities import X509, key_hash
+from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest, end_lease
+from poolmgr.models import Account, Lease
+from poolmgr.timeutil import utcnow
+from tests.conftest import make_settings
+from tests.factories import (
+    all_leases,
+    at,
+    invariant_violations,
+    map_dn,
+    pool,
+    sync,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+KIM = "/DC=org/DC=example/CN=Kim Sample"
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+LEE = "/DC=org/DC=example/CN=Lee Test"
+
+
+def _servers_only(engine):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+
+
+def _uids(engine) -> dict[str, int]:
+    with unit_of_work(engine, write=False) as session:
+        return dict(session.execute(select(Account.name, Account.uid)).all())
+
+
+def _nss_without(monkeypatch, engine, *missing: str) -> None:
+    uids = _uids(engine)
+
+    def fetch(kind: str, key: str) -> object:
+        if kind == "passwd" and key in uids and key not in missing:
+            return nss.pwd.struct_passwd((key, "x", uids[key], 1, "", "/", "/bin/sh"))
+        return None
+
+    monkeypatch.setattr(nss, "_fetch", fetch)
+    nss.clear_cache()
+
+
+def _end(engine, account: str, when, waive: bool = False) -> None:
+    with unit_of_work(engine) as session:
+        lease = session.scalars(
+            select(Lease)
+            .join(Lease.account)
+            .where(Lease.open_marker == 1, Lease.account.has(name=account))
+        ).one()
+        end_lease(session, lease, reason="test", actor="t", now=when, waive_quiet=waive)
+
+
+def _while_in_flight(
+    monkeypatch, engine, settings, early: MapRequest, second: MapRequest, now=None
+):
+    """Map early and pause it just after its lease is written (uncommitted);
+    meanwhile map second with a single attempt. Returns (early, second|None)."""
+    import poolmgr.leases as leases
+
+    original = leases._start_lease
+    taken, release = threading.Event(), threading.Event()
+    calls = []
+
+    def start_then_wait(*args, **kwargs):
+        held = original(*args, **kwargs)
+        calls.append(held)
+        if len(calls) == 1:
+            taken.set()
+            release.wait(2)
+        return held
+
+    monkeypatch.setattr(leases, "_start_lease", start_then_wait)
+    monkeypatch.setattr(leases, "MAX_ATTEMPTS", 1)
+    mapper = Mapper(engine, settings)
+    with ThreadPoolExecutor(1) as executor:
+        first = executor.submit(mapper.map, early, now)
+        assert taken.wait(10), "the first mapping never reached its write"
+        try:
+            result = mapper.map(second, now)
+        except ContentionError:
+            result = None
+        finally:
+            release.set()
+        return first.result(10), result
+
+
+# A mapping paused after its write, before commit, next to a second one.
+
+
+def test_in_flight_mapping_after_an_nss_rejection_leaves_other_accounts(
+    engine, monkeypatch
+):
+    """tst001 does not resolve: the first caller rejects it, then reads a
+    batch of 16 with FOR UPDATE, takes tst002 and keeps tst003, tst004
+    locked. A concurrent caller should get tst003, not a contention error."""
+    _servers_only(engine)
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 4, "/tst")])
+    _nss_without(monkeypatch, engine, "tst001")
+    try:
+        early, second = _while_in_flight(
+            monkeypatch,
+            engine,
+            site,
+            MapRequest(dn=KIM, fqans=("/tst",)),
+            MapRequest(dn=JANE, fqans=("/tst",)),
+        )
+    finally:
+        nss.clear_cache()
+    assert early.account == "tst002"
+    assert second is not None, (
+        "tst003 and tst004 were free, yet the in-flight mapping had them locked"
+    )
+    assert second.account == "tst003"
+
+
+def test_in_flight_mapping_after_a_loose_window_rejection_leaves_other_accounts(
+    engine, site, monkeypatch
+):
+    """Rested accounts: tst001 (free longest) has its quiet period end one
+    day after now, inside the 4-day loose window, so it is rejected in
+    Python; tst002, tst003 are rested. A concurrent caller should get one."""
+    _servers_only(engine)
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    # tst001: last use 2024-06-25, ended 2024-06-26 -> quiet over 2024-12-25
+    map_dn(engine, site, KIM, "/tst", now=at("2024-06-25T00:00:00Z"))
+    # tst002, tst003: last use 2024-01-01, ended 2024-08-01
+    map_dn(engine, site, JANE, "/tst", now=at("2024-01-01T00:00:00Z"))
+    map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
+    _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
+    _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
+    _end(engine, "tst003", at("2024-08-01T00:00:01Z"))
+    now = at("2024-12-24T00:00:00Z")
+    early, second = _while_in_flight(
+        monkeypatch,
+        engine,
+        site,
+        MapRequest(dn="/DC=org/DC=example/CN=New One", fqans=("/tst",)),
+        MapRequest(dn="/DC=org/DC=example/CN=New Two", fqans=("/tst",)),
+        now,
+    )
+    assert early.account == "tst002"
+    assert second is not None, (
+        "tst003 was usable, yet the in-flight mapping had it locked"
+    )
+    assert second.account == "tst003"
+
+
+def test_in_flight_mapping_of_the_waived_person_leaves_the_waived_account(
+    engine, site, monkeypatch
+):
+    """tst002's quiet period was waived when Kim's lease on it ended: it is
+    usable by everybody but Kim. Kim's mapping rejects it (and keeps it
+    locked), takes tst001. Jane, concurrently, should get tst002."""
+    _servers_only(engine)
+    sync(engine, site, [pool("tst", "tst", 2, "/tst")])
+    map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))  # tst001
+    map_dn(engine, site, KIM, "/tst", now=at("2025-01-01T00:00:00Z"))  # tst002
+    _end(engine, "tst002", at("2025-03-01T00:00:00Z"), waive=True)
+    _end(engine, "tst001", at("2025-03-02T00:00:00Z"))
+    now = at("2025-03-03T00:00:00Z")
+    early, second = _while_in_flight(
+        monkeypatch,
+        engine,
+        site,
+        MapRequest(dn=KIM, fqans=("/tst",)),
+        MapRequest(dn=JANE, fqans=("/tst",)),
+        now,
+    )
+    assert early.account == "tst001"
+    assert second is not None, (
+        "tst002 was usable by Jane, yet Kim's in-flight mapping had it locked"
+    )
+    assert second.account == "tst002"
+
+
+@pytest.mark.parametrize("case", ["nss", "loose", "waived"])
+def test_control_the_expected_accounts_once_the_first_commits(
+    engine, monkeypatch, case
+):
+    """Control for the three tests above: sequentially, the second caller
+    gets exactly the account those tests expect."""
+    site = make_settings(check_nss=(case == "nss"))
+    now = None
+    if case == "nss":
+        sync(engine, site, [pool("tst", "tst", 4, "/tst")])
+        _nss_without(monkeypatch, engine, "tst001")
+        a, b, want = KIM, JANE, ("tst002", "tst003")
+    elif case == "loose":
+        sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+        map_dn(engine, site, KIM, "/tst", now=at("2024-06-25T00:00:00Z"))
+        map_dn(engine, site, JANE, "/tst", now=at("2024-01-01T00:00:00Z"))
+        map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
+        _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
+        _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
+        _end(engine, "tst003", at("2024-08-01T00:00:01Z"))
+        now = at("2024-12-24T00:00:00Z")
+        a, b = "/DC=org/DC=example/CN=New One", "/DC=org/DC=example/CN=New Two"
+        want = ("tst002", "tst003")
+    else:
+        sync(engine, site, [pool("tst", "tst", 2, "/tst")])
+        map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
+        map_dn(engine, site, KIM, "/tst", now=at("2025-01-01T00:00:00Z"))
+        _end(engine, "tst002", at("2025-03-01T00:00:00Z"), waive=True)
+        _end(engine, "tst001", at("2025-03-02T00:00:00Z"))
+        now = at("2025-03-03T00:00:00Z")
+        a, b, want = KIM, JANE, ("tst001", "tst002")
+    try:
+        got = (
+            map_dn(engine, site, a, "/tst", now=now).account,
+            map_dn(engine, site, b, "/tst", now=now).account,
+        )
+    finally:
+        nss.clear_cache()
+    assert got == want
+
+
+# A new person: the identity first, then an account.
+
+
+def test_a_blocked_first_mapping_locks_no_account_before_the_identity_key(engine, site):
+    """While another transaction holds an uncommitted identity for Kim, a
+    first mapping of Kim waits at the unique key; it must not hold tst001."""
+    _servers_only(engine)
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    dn = parse_dn(KIM)
+    other = create_engine(engine.url)
+    probe = create_engine(engine.url)
+    mapper = Mapper(engine, site)
+    try:
+        with other.connect() as holder, ThreadPoolExecutor(1) as executor:
+            tx = holder.begin()
+            holder.execute(
+                _INSERT_IDENTITY,
+                {
+                    "v_kind": X509,
+                    "v_key": dn.key,
+                    "v_key_hash": key_hash(X509, dn.key),
+                    "v_display": dn.slash(),
+                    "v_now": utcnow(),
+                },
+            )
+            try:
+                fut = executor.submit(mapper.map, MapRequest(dn=KIM, fqans=("/tst",)))
+                time.sleep(1.0)
+                waiting = not fut.done()
+                with probe.connect() as conn:
+                    if engine.dialect.name != "postgresql":
+                        conn.execute(text("SET SESSION innodb_lock_wait_timeout=1"))
+                    free = text(
+                        "SELECT name FROM accounts WHERE state='free' "
+                        "ORDER BY number FOR UPDATE SKIP LOCKED"
+                    )
+                    locked = conn.execute(free).scalars().all()
+                    conn.rollback()
+            finally:
+                tx.rollback()
+            result = fut.result(20)
+    finally:
+        other.dispose()
+        probe.dispose()
+    assert waiting, "the mapping did not wait at the identity key"
+    assert locked == ["tst001", "tst002", "tst003"], (
+        f"while waiting at the identity key the mapping already held {locked}"
+    )
+    assert result.account == "tst001"
+    assert invariant_violations(engine) == []
+
+
+def _hammer(mapper, dns, fqan="/tst", now=None):
+    barrier = threading.Barrier(len(dns))
+
+    def one(dn):
+        barrier.wait()
+        try:
+            return mapper.map(MapRequest(dn=dn, fqans=(fqan,)), now)
+        except (PoolExhaustedError, ContentionError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(dns)) as executor:
+        return list(executor.map(one, dns))
+
+
+def test_ten_first_mappings_of_one_person_when_the_first_account_is_unresolvable(
+    engine, monkeypatch
+):
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 20, "/tst")])
+    _nss_without(monkeypatch, engine, "tst001")
+    try:
+        results = _hammer(Mapper(engine, site), [KIM] * 10)
+    finally:
+        nss.clear_cache()
+    assert {getattr(r, "account", repr(r)) for r in results} == {"tst002"}
+    assert len(all_leases(engine)) == 1
+    assert invariant_violations(engine) == []
+
+
+def test_ten_first_mappings_of_one_person_spill_to_the_fallback_pool(engine, site):
+    sync(
+        engine, site, [pool("full", "tst", 1, "/tst"), pool("spare", "tst", 5, "/tst")]
+    )
+    assert map_dn(engine, site, LEE, "/tst").account == "full001"
+    results = _hammer(Mapper(engine, site), [KIM] * 10)
+    assert {getattr(r, "account", repr(r)) for r in results} == {"spare001"}
+    assert len(all_leases(engine)) == 2
+    assert invariant_violations(engine) == []
+
+
+def test_ten_first_mappings_of_one_person_first_account_held(engine, site):
+    sync(engine, site, [pool("tst", "tst", 5, "/tst")])
+    with unit_of_work(engine) as session:
+        hold_account(session, "tst001", reason="x", actor="t", now=utcnow())
+    results = _hammer(Mapper(engine, site), [KIM] * 10)
+    assert {getattr(r, "account", repr(r)) for r in results} == {"tst002"}
+    assert len(all_leases(engine)) == 1
+    assert invariant_violations(engine) == []
+
+
+def test_ten_first_mappings_of_one_person_only_rested_accounts(engine, site):
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    for dn in (JANE, LEE, "/DC=org/DC=example/CN=Other"):
+        map_dn(engine, site, dn, "/tst", now=at("2024-01-01T00:00:00Z"))
+    _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
+    _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
+    _end(engine, "tst003", at("2024-08-02T00:00:00Z"))
+    results = _hammer(Mapper(engine, site), [KIM] * 10, now=at("2025-01-01T00:00:00Z"))
+    assert {getattr(r, "account", repr(r)) for r in results} == {"tst001"}
+    assert invariant_violations(engine) == []
+
+
+def test_exhaustion_with_unresolvable_and_resting_accounts_under_contention(
+    engine, monkeypatch
+):
+    callers = 12
+    """6 never-used accounts, tst001 and tst004 unresolvable; 2 rested
+    (one in the loose window, unusable). Exactly 4+1 usable."""
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 8, "/tst")])
+    _nss_without(monkeypatch, engine)
+    old = [f"/DC=org/DC=example/CN=Old {n}" for n in range(8)]
+    for n, dn in enumerate(old):
+        when = "2024-06-25T00:00:00Z" if n == 6 else "2024-01-01T00:00:00Z"
+        map_dn(engine, site, dn, "/tst", now=at(when))
+    for n in range(6):
+        _end(engine, f"tst00{n + 1}", at("2024-01-02T00:00:00Z"))
+    # tst001-tst006 rested and usable, tst007 inside the loose window,
+    # tst008 still leased.
+    _end(engine, "tst007", at("2024-06-26T00:00:00Z"))
+    nss.clear_cache()
+    _nss_without(monkeypatch, engine, "tst001", "tst004")
+    dns = [f"/DC=org/DC=example/CN=Person {n}" for n in range(callers)]
+    try:
+        results = _hammer(Mapper(engine, site), dns, now=at("2024-12-24T00:00:00Z"))
+    finally:
+        nss.clear_cache()
+    accounts = [r.account for r in results if not isinstance(r, Exception)]
+    contention = [r for r in results if isinstance(r, ContentionError)]
+    assert contention == []
+    assert sorted(accounts) == ["tst002", "tst003", "tst005", "tst006"]
+    assert invariant_violations(engine) == []
+
+
+def test_exhaustion_of_never_used_with_unresolvable_first_account(engine, monkeypatch):
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 6, "/tst")])
+    _nss_without(monkeypatch, engine, "tst001")
+    dns = [f"/DC=org/DC=example/CN=Person {n}" for n in range(9)]
+    try:
+        results = _hammer(Mapper(engine, site), dns)
+    finally:
+        nss.clear_cache()
+    accounts = [r.account for r in results if not isinstance(r, Exception)]
+    contention = [r for r in results if isinstance(r, ContentionError)]
+    assert contention == []
+    assert sorted(accounts) == [f"tst00{n}" for n in range(2, 7)]
+    assert invariant_violations(engine) == []
+
+
+def test_known_person_still_excluded_from_the_account_waived_against_them(engine, site):
+    sync(engine, site, [pool("tst", "tst", 1, "/tst"), pool("cms", "cms", 1, "/cms")])
+    map_dn(engine, site, KIM, "/tst", now=at("2025-01-15T00:00:00Z"))
+    _end(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
+    with pytest.raises(PoolExhaustedError):
+        map_dn(engine, site, KIM, "/tst", now=at("2025-03-01T00:00:01Z"))
+    # a new person (the create statement on PostgreSQL) gets it
+    assert (
+        map_dn(engine, site, JANE, "/tst", now=at("2025-03-01T00:00:02Z")).account
+        == "tst001"
+    )
+    assert invariant_violations(engine) == []
+
+
+def test_new_person_concurrent_with_the_waived_person(engine, site):
+    """Kim (waived against) and many new persons race for one waived account
+    and one never-used: Kim must never get tst001."""
+    sync(engine, site, [pool("tst", "tst", 2, "/tst")])
+    map_dn(engine, site, KIM, "/tst", now=at("2025-01-15T00:00:00Z"))
+    _end(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
+    dns = [KIM] + [f"/DC=org/DC=example/CN=P{n}" for n in range(5)]
+    results = _hammer(Mapper(engine, site), dns, now=at("2025-03-02T00:00:00Z"))
+    kim = results[0]
+    assert not isinstance(kim, ContentionError)
+    assert isinstance(kim, PoolExhaustedError) or kim.account == "tst002"
+    ok = [r for r in results if not isinstance(r, Exception)]
+    assert len(ok) == 2 and len({r.account for r in ok}) == 2
+    assert not any(isinstance(r, ContentionError) for r in results)
+    assert invariant_violations(engine) == []
+
+
+def test_32_callers_with_an_unresolvable_head_never_see_contention(engine, monkeypatch):
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 24, "/tst")])
+    _nss_without(monkeypatch, engine, "tst001", "tst002")
+    dns = [f"/DC=org/DC=example/CN=Person {n}" for n in range(32)]
+    try:
+        results = _hammer(Mapper(engine, site), dns)
+    finally:
+        nss.clear_cache()
+    contention = [r for r in results if isinstance(r, ContentionError)]
+    ok = [r.account for r in results if not isinstance(r, Exception)]
+    assert contention == []
+    assert len(ok) == len(set(ok)) == 22
+    assert invariant_violations(engine) == []
+
+
+def test_pairs_of_one_person_racing_for_a_small_pool(engine, site):
+    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
+    persons = [f"/DC=org/DC=example/CN=Pair {n}" for n in range(5)]
+    results = _hammer(Mapper(engine, site), persons * 3)
+    assert not any(isinstance(r, ContentionError) for r in results), results
+    by = {}
+    for dn, r in zip(persons * 3, results, strict=True):
+        by.setdefault(dn, set()).add(getattr(r, "account", type(r).__name__))
+    winners = [dn for dn, got in by.items() if got != {"PoolExhaustedError"}]
+    assert len(winners) == 3
+    assert all(len(by[dn]) == 1 for dn in winners), by
+    assert len(all_leases(engine)) == 3
+    assert invariant_violations(engine) == []
