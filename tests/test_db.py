@@ -121,3 +121,18 @@ def test_server_connections_give_up_on_a_vanished_server(backend):
         "count": 3,
         "user_timeout": limit * 1000,
     }, f"{engine.dialect.name} connection lacks the dead-peer limits"
+
+
+def test_server_transactions_are_read_committed(engine):
+    """The locking reads rely on it: under InnoDB's REPEATABLE READ a
+    rejected row would stay locked and plain reads would see a snapshot."""
+    queries = {
+        "postgresql": ("SHOW transaction_isolation", "read committed"),
+        "mysql": ("SELECT @@session.tx_isolation", "READ-COMMITTED"),
+        "mariadb": ("SELECT @@session.tx_isolation", "READ-COMMITTED"),
+    }
+    if engine.dialect.name not in queries:
+        pytest.skip("SQLite has no isolation levels to choose")
+    query, expected = queries[engine.dialect.name]
+    with db.unit_of_work(engine) as session:
+        assert session.execute(text(query)).scalar_one() == expected
