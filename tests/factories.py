@@ -7,7 +7,7 @@ from sqlalchemy import Engine, select, update
 
 from poolmgr.db import unit_of_work
 from poolmgr.invariants import find_broken_invariants
-from poolmgr.leases import Mapper, Mapping, MapRequest
+from poolmgr.leases import Mapper, Mapping, MapRequest, end_lease
 from poolmgr.models import Account, Lease
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
 from poolmgr.settings import Settings
@@ -69,6 +69,21 @@ def set_last_use(engine: Engine, account: str, when: datetime) -> None:
             update(Lease)
             .where(Lease.account_id == account_id, Lease.open_marker == 1)
             .values(last_used_at=when)
+        )
+
+
+def end_open_lease(
+    engine: Engine, account: str, when: datetime, waive: bool = False
+) -> None:
+    """End the open lease of account at when; waive: as an override does."""
+    with unit_of_work(engine) as session:
+        lease = session.scalars(
+            select(Lease)
+            .join(Lease.account)
+            .where(Lease.open_marker == 1, Lease.account.has(name=account))
+        ).one()
+        end_lease(
+            session, lease, reason="test", actor="tester", now=when, waive_quiet=waive
         )
 
 

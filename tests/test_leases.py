@@ -18,6 +18,7 @@ from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
+    end_open_lease,
     invariant_violations,
     map_dn,
     open_leases,
@@ -325,20 +326,7 @@ class TestAllocationOrder:
     """New leases take never-used accounts first, then the longest free."""
 
     def _end(self, engine, account: str, when: str, waive: bool = False) -> None:
-        with unit_of_work(engine) as session:
-            lease = session.scalars(
-                select(Lease)
-                .join(Lease.account)
-                .where(Lease.open_marker == 1, Lease.account.has(name=account))
-            ).one()
-            end_lease(
-                session,
-                lease,
-                reason="test",
-                actor="tester",
-                now=at(when),
-                waive_quiet=waive,
-            )
+        end_open_lease(engine, account, at(when), waive)
 
     def test_never_used_accounts_come_first_in_number_order(self, engine, site):
         sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])

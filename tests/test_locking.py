@@ -20,13 +20,14 @@ from poolmgr.dn import parse_dn
 from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import hold_account
 from poolmgr.identities import X509, key_hash
-from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest, end_lease
-from poolmgr.models import Account, Lease
+from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest
+from poolmgr.models import Account
 from poolmgr.timeutil import utcnow
 from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
+    end_open_lease,
     invariant_violations,
     map_dn,
     pool,
@@ -60,16 +61,6 @@ def _nss_without(monkeypatch, engine, *missing: str) -> None:
 
     monkeypatch.setattr(nss, "_fetch", fetch)
     nss.clear_cache()
-
-
-def _end(engine, account: str, when, waive: bool = False) -> None:
-    with unit_of_work(engine) as session:
-        lease = session.scalars(
-            select(Lease)
-            .join(Lease.account)
-            .where(Lease.open_marker == 1, Lease.account.has(name=account))
-        ).one()
-        end_lease(session, lease, reason="test", actor="t", now=when, waive_quiet=waive)
 
 
 def _while_in_flight(
@@ -109,128 +100,90 @@ def _while_in_flight(
 # A mapping paused after its write, before commit, next to a second one.
 
 
-def test_in_flight_mapping_after_an_nss_rejection_leaves_other_accounts(
-    engine, monkeypatch
-):
-    """tst001 does not resolve: the first caller rejects it, then reads a
-    batch of 16 with FOR UPDATE, takes tst002 and keeps tst003, tst004
-    locked. A concurrent caller should get tst003, not a contention error."""
-    _servers_only(engine)
-    site = make_settings(check_nss=True)
-    sync(engine, site, [pool("tst", "tst", 4, "/tst")])
-    _nss_without(monkeypatch, engine, "tst001")
-    try:
-        early, second = _while_in_flight(
-            monkeypatch,
-            engine,
-            site,
-            MapRequest(dn=KIM, fqans=("/tst",)),
-            MapRequest(dn=JANE, fqans=("/tst",)),
-        )
-    finally:
-        nss.clear_cache()
-    assert early.account == "tst002"
-    assert second is not None, (
-        "tst003 and tst004 were free, yet the in-flight mapping had them locked"
-    )
-    assert second.account == "tst003"
+NEW_ONE = "/DC=org/DC=example/CN=New One"
+NEW_TWO = "/DC=org/DC=example/CN=New Two"
+# case: (what the first mapping rejects, the two persons, the accounts
+# they get, one after the other as at the same time)
+CASES = {
+    # nothing to reject: the first takes tst001
+    "none": (KIM, JANE, ("tst001", "tst002")),
+    # tst001 does not resolve on this host
+    "nss": (KIM, JANE, ("tst002", "tst003")),
+    # tst001, free longest, ends its quiet period a day from now: inside the
+    # loose window of the SQL, so only the exact check rejects it
+    "loose": (NEW_ONE, NEW_TWO, ("tst002", "tst003")),
+    # an override waived tst002's quiet period when Kim's lease on it
+    # ended: anybody but Kim may have it
+    "waived": (KIM, JANE, ("tst001", "tst002")),
+}
 
 
-def test_in_flight_mapping_after_a_loose_window_rejection_leaves_other_accounts(
-    engine, site, monkeypatch
-):
-    """Rested accounts: tst001 (free longest) has its quiet period end one
-    day after now, inside the 4-day loose window, so it is rejected in
-    Python; tst002, tst003 are rested. A concurrent caller should get one."""
-    _servers_only(engine)
-    sync(engine, site, [pool("tst", "tst", 3, "/tst")])
-    # tst001: last use 2024-06-25, ended 2024-06-26 -> quiet over 2024-12-25
-    map_dn(engine, site, KIM, "/tst", now=at("2024-06-25T00:00:00Z"))
-    # tst002, tst003: last use 2024-01-01, ended 2024-08-01
-    map_dn(engine, site, JANE, "/tst", now=at("2024-01-01T00:00:00Z"))
-    map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
-    _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
-    _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
-    _end(engine, "tst003", at("2024-08-01T00:00:01Z"))
-    now = at("2024-12-24T00:00:00Z")
-    early, second = _while_in_flight(
-        monkeypatch,
-        engine,
-        site,
-        MapRequest(dn="/DC=org/DC=example/CN=New One", fqans=("/tst",)),
-        MapRequest(dn="/DC=org/DC=example/CN=New Two", fqans=("/tst",)),
-        now,
-    )
-    assert early.account == "tst002"
-    assert second is not None, (
-        "tst003 was usable, yet the in-flight mapping had it locked"
-    )
-    assert second.account == "tst003"
-
-
-def test_in_flight_mapping_of_the_waived_person_leaves_the_waived_account(
-    engine, site, monkeypatch
-):
-    """tst002's quiet period was waived when Kim's lease on it ended: it is
-    usable by everybody but Kim. Kim's mapping rejects it (and keeps it
-    locked), takes tst001. Jane, concurrently, should get tst002."""
-    _servers_only(engine)
-    sync(engine, site, [pool("tst", "tst", 2, "/tst")])
-    map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))  # tst001
-    map_dn(engine, site, KIM, "/tst", now=at("2025-01-01T00:00:00Z"))  # tst002
-    _end(engine, "tst002", at("2025-03-01T00:00:00Z"), waive=True)
-    _end(engine, "tst001", at("2025-03-02T00:00:00Z"))
-    now = at("2025-03-03T00:00:00Z")
-    early, second = _while_in_flight(
-        monkeypatch,
-        engine,
-        site,
-        MapRequest(dn=KIM, fqans=("/tst",)),
-        MapRequest(dn=JANE, fqans=("/tst",)),
-        now,
-    )
-    assert early.account == "tst001"
-    assert second is not None, (
-        "tst002 was usable by Jane, yet Kim's in-flight mapping had it locked"
-    )
-    assert second.account == "tst002"
-
-
-@pytest.mark.parametrize("case", ["nss", "loose", "waived"])
-def test_control_the_expected_accounts_once_the_first_commits(
-    engine, monkeypatch, case
-):
-    """Control for the three tests above: sequentially, the second caller
-    gets exactly the account those tests expect."""
+def _scenario(case: str, engine, monkeypatch):
+    """Set up case; return the settings and the time to map at."""
     site = make_settings(check_nss=(case == "nss"))
     now = None
-    if case == "nss":
+    if case in ("none", "nss"):
         sync(engine, site, [pool("tst", "tst", 4, "/tst")])
-        _nss_without(monkeypatch, engine, "tst001")
-        a, b, want = KIM, JANE, ("tst002", "tst003")
+        if case == "nss":
+            _nss_without(monkeypatch, engine, "tst001")
     elif case == "loose":
         sync(engine, site, [pool("tst", "tst", 3, "/tst")])
         map_dn(engine, site, KIM, "/tst", now=at("2024-06-25T00:00:00Z"))
         map_dn(engine, site, JANE, "/tst", now=at("2024-01-01T00:00:00Z"))
         map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
-        _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
-        _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
-        _end(engine, "tst003", at("2024-08-01T00:00:01Z"))
+        end_open_lease(engine, "tst001", at("2024-06-26T00:00:00Z"))
+        end_open_lease(engine, "tst002", at("2024-08-01T00:00:00Z"))
+        end_open_lease(engine, "tst003", at("2024-08-01T00:00:01Z"))
         now = at("2024-12-24T00:00:00Z")
-        a, b = "/DC=org/DC=example/CN=New One", "/DC=org/DC=example/CN=New Two"
-        want = ("tst002", "tst003")
     else:
         sync(engine, site, [pool("tst", "tst", 2, "/tst")])
         map_dn(engine, site, LEE, "/tst", now=at("2024-01-01T00:00:00Z"))
         map_dn(engine, site, KIM, "/tst", now=at("2025-01-01T00:00:00Z"))
-        _end(engine, "tst002", at("2025-03-01T00:00:00Z"), waive=True)
-        _end(engine, "tst001", at("2025-03-02T00:00:00Z"))
+        end_open_lease(engine, "tst002", at("2025-03-01T00:00:00Z"), waive=True)
+        end_open_lease(engine, "tst001", at("2025-03-02T00:00:00Z"))
         now = at("2025-03-03T00:00:00Z")
-        a, b, want = KIM, JANE, ("tst001", "tst002")
+    return site, now
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mapping_in_flight_leaves_every_account_it_does_not_take(
+    engine, monkeypatch, case
+):
+    """While one new lease is uncommitted, a second caller gets the next
+    usable account at its first attempt, whatever the first one rejected."""
+    _servers_only(engine)
+    site, now = _scenario(case, engine, monkeypatch)
+    early_dn, second_dn, (want_early, want_second) = CASES[case]
+    try:
+        early, second = _while_in_flight(
+            monkeypatch,
+            engine,
+            site,
+            MapRequest(dn=early_dn, fqans=("/tst",)),
+            MapRequest(dn=second_dn, fqans=("/tst",)),
+            now,
+        )
+    finally:
+        nss.clear_cache()
+    assert early.account == want_early
+    assert second is not None, (
+        f"{want_second} was free, yet the mapping in flight had it locked"
+    )
+    assert second.account == want_second
+    assert invariant_violations(engine) == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_after_the_other_the_same_mappings_get_the_same_accounts(
+    engine, monkeypatch, case
+):
+    """What the test above expects is what the mappings give unhurried."""
+    site, now = _scenario(case, engine, monkeypatch)
+    early_dn, second_dn, want = CASES[case]
     try:
         got = (
-            map_dn(engine, site, a, "/tst", now=now).account,
-            map_dn(engine, site, b, "/tst", now=now).account,
+            map_dn(engine, site, early_dn, "/tst", now=now).account,
+            map_dn(engine, site, second_dn, "/tst", now=now).account,
         )
     finally:
         nss.clear_cache()
@@ -343,9 +296,9 @@ def test_ten_first_mappings_of_one_person_only_rested_accounts(engine, site):
     sync(engine, site, [pool("tst", "tst", 3, "/tst")])
     for dn in (JANE, LEE, "/DC=org/DC=example/CN=Other"):
         map_dn(engine, site, dn, "/tst", now=at("2024-01-01T00:00:00Z"))
-    _end(engine, "tst001", at("2024-06-26T00:00:00Z"))
-    _end(engine, "tst002", at("2024-08-01T00:00:00Z"))
-    _end(engine, "tst003", at("2024-08-02T00:00:00Z"))
+    end_open_lease(engine, "tst001", at("2024-06-26T00:00:00Z"))
+    end_open_lease(engine, "tst002", at("2024-08-01T00:00:00Z"))
+    end_open_lease(engine, "tst003", at("2024-08-02T00:00:00Z"))
     results = _hammer(Mapper(engine, site), [KIM] * 10, now=at("2025-01-01T00:00:00Z"))
     assert {getattr(r, "account", repr(r)) for r in results} == {"tst001"}
     assert invariant_violations(engine) == []
@@ -365,10 +318,10 @@ def test_exhaustion_with_unresolvable_and_resting_accounts_under_contention(
         when = "2024-06-25T00:00:00Z" if n == 6 else "2024-01-01T00:00:00Z"
         map_dn(engine, site, dn, "/tst", now=at(when))
     for n in range(6):
-        _end(engine, f"tst00{n + 1}", at("2024-01-02T00:00:00Z"))
+        end_open_lease(engine, f"tst00{n + 1}", at("2024-01-02T00:00:00Z"))
     # tst001-tst006 rested and usable, tst007 inside the loose window,
     # tst008 still leased.
-    _end(engine, "tst007", at("2024-06-26T00:00:00Z"))
+    end_open_lease(engine, "tst007", at("2024-06-26T00:00:00Z"))
     nss.clear_cache()
     _nss_without(monkeypatch, engine, "tst001", "tst004")
     dns = [f"/DC=org/DC=example/CN=Person {n}" for n in range(callers)]
@@ -402,7 +355,7 @@ def test_exhaustion_of_never_used_with_unresolvable_first_account(engine, monkey
 def test_known_person_still_excluded_from_the_account_waived_against_them(engine, site):
     sync(engine, site, [pool("tst", "tst", 1, "/tst"), pool("cms", "cms", 1, "/cms")])
     map_dn(engine, site, KIM, "/tst", now=at("2025-01-15T00:00:00Z"))
-    _end(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
+    end_open_lease(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
     with pytest.raises(PoolExhaustedError):
         map_dn(engine, site, KIM, "/tst", now=at("2025-03-01T00:00:01Z"))
     # a new person (the create statement on PostgreSQL) gets it
@@ -418,7 +371,7 @@ def test_new_person_concurrent_with_the_waived_person(engine, site):
     and one never-used: Kim must never get tst001."""
     sync(engine, site, [pool("tst", "tst", 2, "/tst")])
     map_dn(engine, site, KIM, "/tst", now=at("2025-01-15T00:00:00Z"))
-    _end(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
+    end_open_lease(engine, "tst001", at("2025-03-01T00:00:00Z"), waive=True)
     dns = [KIM] + [f"/DC=org/DC=example/CN=P{n}" for n in range(5)]
     results = _hammer(Mapper(engine, site), dns, now=at("2025-03-02T00:00:00Z"))
     kim = results[0]
