@@ -354,13 +354,12 @@ class Mapper:
                 self._free_accounts(bindparam("requester")),
             )
         rejected: set[int] = set()
-        for index, query in enumerate(queries.batches):
-            locked_head = queries.heads[index]
-            if lock and not rejected and locked_head is not None:
-                if index == 0 and first is not None:
-                    head = first
+        for head_query, query in zip(queries.heads, queries.batches, strict=True):
+            if lock and not rejected and head_query is not None:
+                if first is not None:
+                    head, first = first, None
                 else:
-                    head = conn.execute(locked_head, params).all()
+                    head = conn.execute(head_query, params).all()
                 if not head:
                     continue
                 if self._is_usable(head[0], now):
@@ -401,9 +400,7 @@ class Mapper:
         if self._create_person is None:
             identity = _INSERT_IDENTITY.returning(Identity.id).cte("new_identity")
             never_used = self._candidate_queries("postgresql", identity.c.id)[0]
-            candidate = (
-                never_used.with_for_update(skip_locked=True).limit(1).lateral("free")
-            )
+            candidate = _lock_first(never_used).lateral("free")
             self._create_person = (
                 select(identity.c.id.label("new_identity_id"), candidate)
                 .select_from(identity)
@@ -573,6 +570,11 @@ def _waived_against(requester: Any) -> Exists:
     )
 
 
+def _lock_first(query: Select) -> Select:
+    """The query's first row only, locked unless another caller holds it."""
+    return query.with_for_update(skip_locked=True).limit(1)
+
+
 @dataclass(frozen=True)
 class _Queries:
     """The candidate queries of one dialect, in the forms _first_usable runs."""
@@ -591,7 +593,7 @@ class _Queries:
         lockable = [True, dialect not in ("mysql", "mariadb")]
         return cls(
             heads=[
-                query.with_for_update(skip_locked=True).limit(1) if safe else None
+                _lock_first(query) if safe else None
                 for query, safe in zip(queries, lockable, strict=True)
             ],
             batches=[query.limit(_BATCH) for query in queries],
