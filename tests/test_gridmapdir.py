@@ -30,7 +30,15 @@ from poolmgr.holds import hold_account
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from tests.conftest import make_settings
-from tests.factories import at, invariant_violations, map_dn, open_leases, pool, sync
+from tests.factories import (
+    at,
+    end_open_lease,
+    invariant_violations,
+    map_dn,
+    open_leases,
+    pool,
+    sync,
+)
 
 JANE_LEASE = "%2fdc%3dorg%2fdc%3dexample%2fcn%3djane%20roe"
 ALEX_LEASE = "%2fdc%3dorg%2fdc%3dexample%2fcn%3dalex%20example"
@@ -784,13 +792,7 @@ def test_update_brings_an_existing_gridmapdir_in_line(sqlite_engine, tmp_path):
     os.link(target / "atlas004", jane_atlas)
     (target / "%2fdc%3dorg%2fcn%3dsolo").touch()
     (target / "unrelated").write_text("x")
-    with unit_of_work(sqlite_engine) as session:
-        jose = session.scalars(
-            select(Lease).join(Account).where(Account.name == "atlas002")
-        ).one()
-        end_lease(
-            session, jose, reason="test", actor="test", now=at("2026-01-01T00:00Z")
-        )
+    end_open_lease(sqlite_engine, "atlas002", at("2026-01-01T00:00Z"))
 
     ended = at("2026-01-01T00:00Z")
     result = export(sqlite_engine, target, update=True, now=ended)

@@ -12,8 +12,7 @@ from poolmgr.errors import (
     NoPoolMatchError,
     PoolExhaustedError,
 )
-from poolmgr.leases import end_lease
-from poolmgr.models import Event, Identity, Lease
+from poolmgr.models import Event, Identity
 from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
@@ -434,11 +433,7 @@ def test_capacity_view_counts_free_accounts_still_resting(engine, site):
 
     sync(engine, site, [pool("atlas", "atlas", 2, "/atlas")])
     map_dn(engine, site, JANE, "/atlas", now=at("2025-05-01T00:00:00Z"))
-    with unit_of_work(engine) as session:
-        lease = session.scalars(select(Lease)).one()
-        end_lease(
-            session, lease, reason="test", actor="t", now=at("2025-05-02T00:00:00Z")
-        )
+    end_open_lease(engine, "atlas001", at("2025-05-02T00:00:00Z"))
     with unit_of_work(engine, write=False) as session:
         (summary,) = pool_summaries(session, site.quiet, at("2025-06-01T00:00:00Z"))
     assert (summary.leased, summary.quiet, summary.free) == (0, 1, 1)
@@ -448,11 +443,7 @@ def test_a_pool_whose_free_accounts_are_all_resting_is_exhausted_at_once(engine,
     """Resting accounts are not 'locked by others': no retries, no contention."""
     sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
     map_dn(engine, site, KIM, "/atlas", now=at("2025-05-01T00:00:00Z"))
-    with unit_of_work(engine) as session:
-        lease = session.scalars(select(Lease)).one()
-        end_lease(
-            session, lease, reason="test", actor="t", now=at("2025-05-02T00:00:00Z")
-        )
+    end_open_lease(engine, "atlas001", at("2025-05-02T00:00:00Z"))
     with pytest.raises(PoolExhaustedError):
         map_dn(engine, site, JANE, "/atlas", now=at("2025-06-01T00:00:00Z"))
 

@@ -32,6 +32,14 @@ from poolmgr.site_commands import CommandResult
 from tests.conftest import make_settings
 from tests.factories import all_leases, at, invariant_violations, pool, sync
 
+# Both property tests: 40 cases each, no deadline (every case works on a database).
+EXAMPLES = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
 PERSONS = [f"/DC=org/DC=example/CN=Person {n}" for n in range(6)]
 FQANS = ["/atlas", "/atlas/Role=production", "/atlas/uk"]
 SITE = make_settings()
@@ -67,11 +75,7 @@ def quiet_violations(engine, quiet=SITE.quiet) -> list[str]:
     return problems
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(st.lists(operation, min_size=1, max_size=25))
 # Released, then wanted by another person one second before its quiet ends.
 @example(
@@ -196,11 +200,7 @@ class _Commands:
         return CommandResult(0 if self.busy else 1, "")
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(st.lists(lifecycle, min_size=10, max_size=40))
 # The nightly run one second before, then at, the end of the quiet period.
 @example(
