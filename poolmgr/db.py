@@ -118,17 +118,21 @@ def _create_engine(url: str) -> Engine:
     if problem is not None:
         raise ConfigError(f"Database URL: {problem}.")
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         return _create_sqlite_engine(parsed.database)
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+    mysql = backend in ("mysql", "mariadb")
+    options: dict[str, Any] = {}
+    if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if (
-        parsed.get_backend_name() in ("mysql", "mariadb")
-        and "+" not in parsed.drivername
-    ):
-        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
-    if parsed.get_backend_name() in ("mysql", "mariadb"):
+    if mysql:
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        # PostgreSQL's default: each statement reads what is committed, so
+        # the unlocked candidate reads and the retry probe of a mapping see
+        # accounts freed a moment ago, and plain reads take no gap locks.
+        options["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(
             parsed,
@@ -138,29 +142,16 @@ def _create_engine(url: str) -> Engine:
             # The most recently returned connection is reused first, so
             # under light load one connection stays warm and the others idle.
             pool_use_lifo=True,
-            connect_args=_connect_args(parsed.get_backend_name()),
-            **_isolation(parsed.get_backend_name()),
+            connect_args=_connect_args(backend),
+            **options,
         )
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"Database URL is not usable: {exc}") from None
     _ping_when_idle(engine)
-    if parsed.get_backend_name() in ("mysql", "mariadb"):
+    if mysql:
         _allow_long_statements(engine)
         _detect_dead_mysql_peers(engine)
     return engine
-
-
-def _isolation(backend: str) -> dict[str, str]:
-    """READ COMMITTED on MariaDB/MySQL, as PostgreSQL has it by default.
-
-    Under InnoDB's default REPEATABLE READ a locking read keeps every row it
-    looked at locked until commit, also the ones its WHERE then rejected
-    (an account under a hold, or one an override waived against the
-    requester): a mapping in flight would hide them from concurrent callers.
-    """
-    if backend in ("mysql", "mariadb"):
-        return {"isolation_level": "READ COMMITTED"}
-    return {}
 
 
 PING_AFTER_IDLE = 10.0

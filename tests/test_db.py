@@ -124,8 +124,8 @@ def test_server_connections_give_up_on_a_vanished_server(backend):
 
 
 def test_server_transactions_are_read_committed(engine):
-    """The locking reads rely on it: under InnoDB's REPEATABLE READ a
-    rejected row would stay locked and plain reads would see a snapshot."""
+    """Mapping relies on it: its unlocked reads of candidates and its retry
+    probe must see what was committed a moment ago, not a snapshot."""
     queries = {
         "postgresql": ("SHOW transaction_isolation", "read committed"),
         "mysql": ("SELECT @@session.tx_isolation", "READ-COMMITTED"),
