@@ -343,15 +343,17 @@ def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
 
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """Yield a Connection for reading only (no ORM session).
+    """Yield a Connection for reading (no ORM session).
 
     For the mapping hot path, where a Session's bookkeeping costs more than
     the query itself. On SQLite and PostgreSQL each statement runs on its
     own, without BEGIN and COMMIT (on PostgreSQL two round trips fewer), so
     every statement sees a consistent snapshot but two statements may not
     see the same one: callers read what must agree in one statement. On
-    MariaDB a transaction starts implicitly and costs nothing extra. Errors
-    are translated as in unit_of_work.
+    PostgreSQL each statement is its own transaction, so a change made in
+    one statement may be written here too: it commits at once. On MariaDB
+    a transaction starts implicitly and costs nothing extra. Errors are
+    translated as in unit_of_work.
     """
     token = _sqlite_begin.set(None)
     try:

@@ -84,10 +84,15 @@ def _quote(value: str) -> str:
     return f'"{cleaned}"'
 
 
+def emit(level: int, kind: str, fields: dict[str, Any]) -> None:
+    """Emit one event's log line now: for a change already committed."""
+    audit_logger.log(level, "%s", format_fields(kind, fields))
+
+
 @sa_event.listens_for(Session, "after_commit")
 def _emit_after_commit(session: Session) -> None:
     for level, kind, fields in session.info.pop(_PENDING, []):
-        audit_logger.log(level, "%s", format_fields(kind, fields))
+        emit(level, kind, fields)
 
 
 @sa_event.listens_for(Session, "after_soft_rollback")

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -33,6 +34,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     or_,
     select,
     true,
@@ -154,6 +156,7 @@ class Mapper:
         self.bans = BanGuard(engine, settings)
         self._queries: dict[str, _Queries] = {}
         self._create_person: Select | None = None
+        self._lease_statements: dict[bool, Select] = {}
 
     def map(self, request: MapRequest, now: datetime | None = None) -> Mapping:
         """Return the mapping for request, creating or refreshing its lease.
@@ -177,29 +180,252 @@ class Mapper:
             )
             choice = self._choose(conn, parsed)
             seen = _seen_in(rows, choice)
-        held = seen.held
-        if held is not None and (
-            request.verify
-            or (now - held.last_used_at < self.resolution and not held.display_lossy)
-        ):
-            return self._result(held, choice, parsed, new=False)
-        if request.verify:
-            raise NoLeaseError(
-                f"No open lease for {parsed.dn.slash()!r} in "
-                f"{_pool_list(choice.routes)}."
-            )
+            held = seen.held
+            if held is not None and (
+                request.verify
+                or (
+                    now - held.last_used_at < self.resolution and not held.display_lossy
+                )
+            ):
+                return self._result(held, choice, parsed, new=False)
+            if request.verify:
+                raise NoLeaseError(
+                    f"No open lease for {parsed.dn.slash()!r} in "
+                    f"{_pool_list(choice.routes)}."
+                )
+            trusted: list[_Seen] = [seen]
+            if conn.dialect.name == "postgresql":
+                try:
+                    mapping = self._map_at_once(conn, parsed, choice, seen, now)
+                except _Retry:
+                    trusted = []
+                else:
+                    if mapping is not None:
+                        return mapping
         # The first attempt on a server database writes on what was just
         # read, saving the round trips of reading it again: the constraints
         # and the guarded lease update catch a concurrent change, and every
         # later attempt reads afresh. SQLite writers hold the write lock, so
         # there the read inside the unit of work is exact and costs nothing.
-        trusted = [] if self.engine.dialect.name == "sqlite" else [seen]
+        if self.engine.dialect.name == "sqlite":
+            trusted = []
         return retry_conflicts(
             self.engine,
             lambda session: self._map_writing(
                 session, parsed, choice, now, trusted.pop() if trusted else None
             ),
         )
+
+    def _map_at_once(
+        self,
+        conn: Connection,
+        parsed: _Parsed,
+        choice: Choice,
+        seen: _Seen,
+        now: datetime,
+    ) -> Mapping | None:
+        """On PostgreSQL, write the mapping in one statement if it takes one.
+
+        conn runs each statement as its own transaction. Recording last use
+        is one guarded update; a new lease of a never-used account is one
+        statement that also creates a new person's identity and records the
+        event (with check_nss, it runs in a transaction that commits only
+        once the account resolves). Returns None, having changed nothing,
+        where the general path must decide (a lowercased display to restore,
+        no never-used account to take); raises _Retry, having changed
+        nothing, when a concurrent change made what was read stale.
+        """
+        held = seen.held
+        if held is not None:
+            if held.display_lossy:
+                return None
+            touched = conn.execute(
+                _TOUCH_OPEN_LEASE, {"lease_id": held.lease_id, "now": now}
+            ).rowcount
+            if not touched:
+                raise _Retry("the lease ended while it was being used")
+            return self._result(
+                held._replace(last_used_at=max(held.last_used_at, now)),
+                choice,
+                parsed,
+                new=False,
+            )
+        person = seen.person
+        if person is not None and person.display_lossy:
+            return None
+        return self._lease_at_once(conn, parsed, choice, person, now)
+
+    def _lease_at_once(
+        self,
+        conn: Connection,
+        parsed: _Parsed,
+        choice: Choice,
+        person: _Person | None,
+        now: datetime,
+    ) -> Mapping | None:
+        """Lease the first pool's first never-used account in one statement."""
+        route = choice.routes[0]
+        fqan = str(choice.fqan) if choice.fqan else None
+        display = person.display if person else parsed.dn.slash()
+        row, logged = events.prepare(
+            "lease_started",
+            pool=route.pool,
+            account="",
+            identity_id=None,
+            dn=display,
+            lease_id=None,
+            fqan=fqan,
+            rule=route.rule.text,
+            at=now,
+        )
+        params = {
+            "v_pool_id": route.pool_id,
+            "v_pool": route.pool,
+            "v_fqan": fqan,
+            "v_now": now,
+            "v_dn": display,
+            "v_details": row["details"],
+        }
+        if person is None:
+            params |= {
+                "v_kind": X509,
+                "v_key": parsed.dn.key,
+                "v_key_hash": key_hash(X509, parsed.dn.key),
+                "v_display": display,
+            }
+        else:
+            params |= {"v_identity_id": person.id, "requester": person.id}
+        statement = self._lease_statement(new_person=person is None)
+        try:
+            if self.settings.check_nss:
+                started = _lease_if_resolvable(conn, statement, params)
+            else:
+                started = conn.execute(statement, params).first()
+        except DBAPIError as exc:
+            if not is_conflict(exc):
+                raise
+            # A concurrent caller got there first, or (for a new person) no
+            # account was left to lock after all: nothing was written.
+            logger.debug("one-statement lease refused: %s", exc.orig)
+            raise _Retry("a concurrent change") from exc
+        if started is None:
+            return None
+        logged |= {
+            "account": started.name,
+            "identity_id": started.identity_id,
+            "lease_id": started.lease_id,
+        }
+        events.emit(logging.INFO, "lease_started", logged)
+        held = _Held(
+            started.lease_id,
+            route.pool_id,
+            now,
+            started.name,
+            started.uid,
+            route.pool,
+            route.gid,
+            started.identity_id,
+            False,
+        )
+        return self._result(held, choice, parsed, new=True)
+
+    def _lease_statement(self, *, new_person: bool) -> Select:
+        """The PostgreSQL statement that leases the pool's first never-used account.
+
+        For a new person the identity is inserted first and the account
+        read depends on its id, so that concurrent first mappings of one
+        person meet at the unique key before any of them locks an account;
+        the identity is inserted only while the pool has a never-used
+        account, and if none is left to lock by then, the lease's missing
+        account fails the whole statement. For a known person the statement
+        writes nothing when there is no account. Either way the lease, the
+        account's state and the lease_started event are written together.
+        """
+        cached = self._lease_statements.get(new_person)
+        if cached is not None:
+            return cached
+        if new_person:
+            never_used = self._candidate_queries("postgresql", null())[0]
+            identity = (
+                insert(Identity)
+                .from_select(
+                    list(_IDENTITY_VALUES),
+                    # As the first row of the ordered query: read from the
+                    # index, never a scan of the pool's leased accounts.
+                    select(*_IDENTITY_VALUES.values()).where(
+                        never_used.with_only_columns(Account.id)
+                        .limit(1)
+                        .scalar_subquery()
+                        .is_not(None)
+                    ),
+                )
+                .returning(Identity.id)
+                .cte("new_identity")
+            )
+            candidate = _lock_first(
+                self._candidate_queries("postgresql", identity.c.id)[0]
+            ).lateral("free")
+            picked = select(
+                identity.c.id.label("identity_id"),
+                candidate.c.id,
+                candidate.c.name,
+                candidate.c.uid,
+            ).select_from(identity.outerjoin(candidate, true()))
+        else:
+            candidate = _lock_first(self._candidate_queries("postgresql")[0]).lateral(
+                "free"
+            )
+            picked = select(
+                _v("identity_id", Integer).label("identity_id"),
+                candidate.c.id,
+                candidate.c.name,
+                candidate.c.uid,
+            ).select_from(candidate)
+        chosen = picked.cte("chosen")
+        lease = {
+            **_LEASE_VALUES,
+            "identity_id": chosen.c.identity_id,
+            "account_id": chosen.c.id,
+            "open_account_id": chosen.c.id,
+        }
+        new_lease = (
+            insert(Lease)
+            .from_select(list(lease), select(*lease.values()))
+            .returning(Lease.id)
+            .cte("new_lease")
+        )
+        leased = (
+            update(Account)
+            .where(Account.id == chosen.c.id)
+            .values(state=literal_column("'leased'", String))
+            .cte("leased")
+        )
+        event = {
+            **_EVENT_VALUES,
+            "account": chosen.c.name,
+            "identity_id": chosen.c.identity_id,
+            "lease_id": new_lease.c.id,
+        }
+        logged = (
+            insert(Event)
+            .from_select(
+                list(event),
+                select(*event.values()).select_from(new_lease.join(chosen, true())),
+            )
+            .cte("logged")
+        )
+        statement = (
+            select(
+                new_lease.c.id.label("lease_id"),
+                chosen.c.identity_id,
+                chosen.c.name,
+                chosen.c.uid,
+            )
+            .select_from(new_lease.join(chosen, true()))
+            .add_cte(leased, logged)
+        )
+        self._lease_statements[new_person] = statement
+        return statement
 
     def router(self, conn: Connection | Session) -> Router:
         """Return the routing table, reloaded after router_ttl seconds."""
@@ -311,7 +537,7 @@ class Mapper:
         """
         locking = conn.dialect.name != "sqlite"
         params = {
-            "pool_id": route.pool_id,
+            "v_pool_id": route.pool_id,
             "cutoff": self.quiet.safe_cutoff(now),
             "requester": person.id,
         }
@@ -415,7 +641,7 @@ class Mapper:
                 "v_key_hash": key_hash(X509, dn.key),
                 "v_display": display,
                 "v_now": now,
-                "pool_id": route.pool_id,
+                "v_pool_id": route.pool_id,
             },
         ).one()
         person = _Person(row.new_identity_id, display, False)
@@ -423,12 +649,12 @@ class Mapper:
 
     @staticmethod
     def _free_accounts(requester: Any) -> Select:
-        """Free accounts of pool_id that no hold keeps back, as candidates."""
+        """Free accounts of pool v_pool_id that no hold keeps back, as candidates."""
         return select(
             *_ACCOUNT_COLUMNS,
             _waived_against(requester).label("waived_for_requester"),
         ).where(
-            Account.pool_id == bindparam("pool_id"),
+            Account.pool_id == _v("pool_id", Integer),
             Account.state == "free",
             ~IS_HELD,
         )
@@ -438,7 +664,7 @@ class Mapper:
 
         Never-used accounts first, by number; then accounts whose quiet
         period may be over, the longest free first. Accounts under an
-        incident hold are never offered. Parameters: pool_id, cutoff (a
+        incident hold are never offered. Parameters: v_pool_id, cutoff (a
         loose bound, checked exactly by _is_usable) and requester, unless
         given as an expression.
         """
@@ -505,7 +731,7 @@ class Mapper:
         names = []
         for route in routes:
             params = {
-                "pool_id": route.pool_id,
+                "v_pool_id": route.pool_id,
                 "cutoff": self.quiet.safe_cutoff(now),
                 "requester": requester,
             }
@@ -568,6 +794,27 @@ def _waived_against(requester: Any) -> Exists:
         )
         .correlate_except(Lease)
     )
+
+
+def _lease_if_resolvable(
+    conn: Connection, statement: Select, params: dict[str, Any]
+) -> Row[Any] | None:
+    """Run the lease statement on conn (autocommit) in a transaction of its
+    own, committed only if the account resolves on this host; else None."""
+    conn.exec_driver_sql("BEGIN")
+    try:
+        started = conn.execute(statement, params).first()
+        # An account NSS rejects is left to the general path, which skips
+        # it and says so in the log.
+        keep = started is not None and not nss.account_problem(
+            started.name, started.uid
+        )
+    except BaseException:
+        with suppress(DBAPIError):
+            conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT" if keep else "ROLLBACK")
+    return started if keep else None
 
 
 def _lock_first(query: Select) -> Select:
@@ -808,14 +1055,15 @@ def _v(name: str, type_: Any) -> Any:
     return bindparam(f"v_{name}", type_=type_)
 
 
-_INSERT_IDENTITY = insert(Identity).values(
-    kind=_v("kind", String),
-    key=_v("key", Text),
-    key_hash=_v("key_hash", String),
-    display=_v("display", Text),
-    display_lossy=false(),
-    created_at=_v("now", UTCDateTime()),
-)
+_IDENTITY_VALUES = {
+    "kind": _v("kind", String),
+    "key": _v("key", Text),
+    "key_hash": _v("key_hash", String),
+    "display": _v("display", Text),
+    "display_lossy": false(),
+    "created_at": _v("now", UTCDateTime()),
+}
+_INSERT_IDENTITY = insert(Identity).values(**_IDENTITY_VALUES)
 _LEASE_VALUES = {
     "account_id": _v("account_id", Integer),
     "pool_id": _v("pool_id", Integer),

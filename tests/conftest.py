@@ -4,22 +4,25 @@ Database tests run on every backend named in POOLMGR_TEST_DATABASES
 (default: sqlite,postgresql,mariadb). A server that cannot be reached is
 skipped, unless POOLMGR_REQUIRE_SERVERS=1 (as in CI), where it fails.
 The schema is built by running the Alembic migrations once per backend; each
-test then starts from empty tables.
+test then starts from the tables as migrating leaves them.
 """
 
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ["TYPER_USE_RICH"] = "0"
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from poolmgr import db, migrate, settings
+from poolmgr.models import BanState
 from poolmgr.settings import Settings
 
 SERVER_URLS = {
@@ -134,15 +137,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _truncate(engine: Engine) -> None:
+    """Empty every table, then put back ban_state's row as migrating leaves it."""
     # TRUNCATE fires no row triggers, so the append-only guards stay in place.
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-            return
-        conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
-        for table in TABLES:
-            conn.execute(text(f"TRUNCATE TABLE {table}"))
-        conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+        else:
+            conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
+            for table in TABLES:
+                conn.execute(text(f"TRUNCATE TABLE {table}"))
+            conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+        conn.execute(
+            insert(BanState).values(
+                id=1, version=uuid.uuid4().hex, changed_at=datetime.now(UTC)
+            )
+        )
 
 
 @pytest.fixture(params=BACKENDS)

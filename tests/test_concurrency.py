@@ -109,22 +109,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _after_the_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
-    """Run change once, just after the next mapping's read phase."""
-    from contextlib import contextmanager
-
+    """Run change once, just after the next mapping has read the person."""
     import poolmgr.leases as leases
 
-    original = leases.reading
+    original = leases._read_person
     pending = [change]
 
-    @contextmanager
-    def reading_then_change(engine):
-        with original(engine) as conn:
-            yield conn
+    def read_then_change(conn, dn):
+        rows = original(conn, dn)
         if pending:
             pending.pop()()
+        return rows
 
-    monkeypatch.setattr(leases, "reading", reading_then_change)
+    monkeypatch.setattr(leases, "_read_person", read_then_change)
 
 
 def test_a_lease_ended_after_the_read_is_not_touched_and_a_new_one_starts(

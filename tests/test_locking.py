@@ -21,7 +21,7 @@ from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import hold_account
 from poolmgr.identities import X509, key_hash
 from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest
-from poolmgr.models import Account
+from poolmgr.models import Account, Identity
 from poolmgr.timeutil import utcnow
 from tests.conftest import make_settings
 from tests.factories import (
@@ -64,32 +64,49 @@ def _nss_without(monkeypatch, engine, *missing: str) -> None:
 
 
 def _while_in_flight(
-    monkeypatch, engine, settings, early: MapRequest, second: MapRequest, now=None
+    monkeypatch,
+    engine,
+    settings,
+    early: MapRequest,
+    second: MapRequest,
+    now=None,
+    *,
+    one_statement: bool = False,
 ):
     """Map early and pause it just after its lease is written (uncommitted);
-    meanwhile map second with a single attempt. Returns (early, second|None)."""
+    meanwhile map second with a single attempt. Returns (early, second|None).
+
+    early takes the general path and pauses after _start_lease, or with
+    one_statement the PostgreSQL one-statement lease, paused at the NSS
+    check that comes before its commit (check_nss must be on)."""
     import poolmgr.leases as leases
 
-    original = leases._start_lease
     taken, release = threading.Event(), threading.Event()
     calls = []
 
-    def start_then_wait(*args, **kwargs):
-        held = original(*args, **kwargs)
-        calls.append(held)
-        if len(calls) == 1:
-            taken.set()
-            release.wait(2)
-        return held
+    def pausing(original):
+        def call_then_wait(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls.append(result)
+            if len(calls) == 1:
+                taken.set()
+                release.wait(2)
+            return result
 
-    monkeypatch.setattr(leases, "_start_lease", start_then_wait)
+        return call_then_wait
+
+    first_mapper = Mapper(engine, settings)
+    if one_statement:
+        monkeypatch.setattr(nss, "account_problem", pausing(nss.account_problem))
+    else:
+        monkeypatch.setattr(leases, "_start_lease", pausing(leases._start_lease))
+        monkeypatch.setattr(first_mapper, "_map_at_once", lambda *args: None)
     monkeypatch.setattr(leases, "MAX_ATTEMPTS", 1)
-    mapper = Mapper(engine, settings)
     with ThreadPoolExecutor(1) as executor:
-        first = executor.submit(mapper.map, early, now)
+        first = executor.submit(first_mapper.map, early, now)
         assert taken.wait(10), "the first mapping never reached its write"
         try:
-            result = mapper.map(second, now)
+            result = Mapper(engine, settings).map(second, now)
         except ContentionError:
             result = None
         finally:
@@ -170,6 +187,58 @@ def test_a_mapping_in_flight_leaves_every_account_it_does_not_take(
         f"{want_second} was free, yet the mapping in flight had it locked"
     )
     assert second.account == want_second
+    assert invariant_violations(engine) == []
+
+
+def test_a_one_statement_lease_in_flight_leaves_every_other_account(
+    engine, monkeypatch
+):
+    """PostgreSQL with check_nss: the one-statement lease of tst001, paused
+    at its NSS check before commit, holds no other account."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement lease is PostgreSQL's")
+    site = make_settings(check_nss=True)
+    sync(engine, site, [pool("tst", "tst", 4, "/tst")])
+    _nss_without(monkeypatch, engine)
+    try:
+        early, second = _while_in_flight(
+            monkeypatch,
+            engine,
+            site,
+            MapRequest(dn=KIM, fqans=("/tst",)),
+            MapRequest(dn=JANE, fqans=("/tst",)),
+            one_statement=True,
+        )
+    finally:
+        nss.clear_cache()
+    assert early.account == "tst001"
+    assert second is not None, "tst002 was free, yet the lease in flight had it"
+    assert second.account == "tst002"
+    assert invariant_violations(engine) == []
+
+
+def test_a_new_person_who_finds_the_last_account_locked_leaves_no_identity(
+    engine, monkeypatch
+):
+    """The pool's only account is being leased to Kim: Jane's single attempt
+    meets contention and writes nothing; afterwards the pool is exhausted."""
+    _servers_only(engine)
+    site = make_settings()
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    early, second = _while_in_flight(
+        monkeypatch,
+        engine,
+        site,
+        MapRequest(dn=KIM, fqans=("/tst",)),
+        MapRequest(dn=JANE, fqans=("/tst",)),
+    )
+    assert early.account == "tst001"
+    assert second is None, f"expected contention while tst001 was locked: {second}"
+    with pytest.raises(PoolExhaustedError):
+        map_dn(engine, site, JANE, "/tst")
+    with unit_of_work(engine, write=False) as session:
+        displays = session.scalars(select(Identity.display)).all()
+    assert displays == [KIM], f"a refused mapping left identities: {displays}"
     assert invariant_violations(engine) == []
 
 

@@ -1,0 +1,203 @@
+"""PostgreSQL's short mapping path: the read, then at most one statement.
+
+A new lease of a never-used account and a recorded last use are each one
+statement on PostgreSQL, committed on their own. What they write must be
+what the general path writes, and when they cannot decide they must leave
+nothing behind for the general path to trip over.
+"""
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, func, select
+
+from poolmgr import nss
+from poolmgr.db import unit_of_work
+from poolmgr.errors import PoolExhaustedError
+from poolmgr.leases import Mapper, MapRequest
+from poolmgr.models import Account, Event, Identity, Lease
+from poolmgr.timeutil import utcnow
+from tests.conftest import make_settings
+from tests.factories import (
+    all_leases,
+    at,
+    end_open_lease,
+    invariant_violations,
+    map_dn,
+    pool,
+    sync,
+)
+
+KIM = "/DC=org/DC=example/CN=Kim Sample"
+JANE = "/DC=org/DC=example/CN=Jane Roe"
+LEE = "/DC=org/DC=example/CN=Lee Test"
+
+
+@pytest.fixture
+def pg(engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    return engine
+
+
+def _statements(engine, work) -> list[str]:
+    """Run work; return the first word of every statement it sent."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return sent
+
+
+def _general_path_only(monkeypatch, mapper: Mapper) -> Mapper:
+    monkeypatch.setattr(mapper, "_map_at_once", lambda *args: None)
+    return mapper
+
+
+def _count(engine, model, *where) -> int:
+    with unit_of_work(engine, write=False) as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+@pytest.mark.parametrize(
+    ("who", "nss_on", "want"),
+    [
+        ("new", False, ["SELECT", "WITH"]),
+        ("known", False, ["SELECT", "WITH"]),
+        ("returning", False, ["SELECT", "UPDATE"]),
+        ("new", True, ["SELECT", "BEGIN", "WITH", "COMMIT"]),
+        ("returning", True, ["SELECT", "UPDATE"]),
+    ],
+)
+def test_a_mapping_that_writes_is_the_read_and_one_statement(
+    pg, monkeypatch, who, nss_on, want
+):
+    site = make_settings(check_nss=nss_on)
+    sync(pg, site, [pool("tst", "tst", 4, "/tst"), pool("oth", "oth", 2, "/oth")])
+    if nss_on:
+        monkeypatch.setattr(nss, "account_problem", lambda name, uid: None)
+    if who == "known":
+        map_dn(pg, site, KIM, "/oth")
+    if who == "returning":
+        map_dn(pg, site, KIM, "/tst", now=utcnow() - timedelta(hours=1))
+    mapper = Mapper(pg, site, router_ttl=600)
+    # Routing table and ban list are read once and cached, as in the service.
+    mapper.map(MapRequest(dn=LEE, fqans=("/oth",)))
+    sent = _statements(pg, lambda: mapper.map(MapRequest(dn=KIM, fqans=("/tst",))))
+    assert sent == want, f"expected the statements {want}, the mapping sent {sent}"
+    assert invariant_violations(pg) == []
+
+
+def test_the_one_statement_lease_writes_what_the_general_path_writes(
+    pg, site, monkeypatch, caplog
+):
+    sync(pg, site, [pool("tst", "tst", 4, "/tst")])
+    now = at("2025-05-05T05:05:05Z")
+    caplog.set_level(logging.INFO, logger="poolmgr.audit")
+    short = Mapper(pg, site).map(MapRequest(dn=KIM, fqans=("/tst",)), now)
+    general = _general_path_only(monkeypatch, Mapper(pg, site))
+    long = general.map(MapRequest(dn=JANE, fqans=("/tst",)), now)
+    assert (short.account, long.account) == ("tst001", "tst002")
+
+    def seen(mapping):
+        with unit_of_work(pg, write=False) as session:
+            lease = session.get(Lease, mapping.lease_id)
+            identity = session.get(Identity, lease.identity_id)
+            (row,) = session.scalars(
+                select(Event).where(Event.lease_id == mapping.lease_id)
+            ).all()
+            account = session.get(Account, lease.account_id)
+            return {
+                "lease": (
+                    lease.pool_id,
+                    lease.fqan,
+                    lease.started_at,
+                    lease.last_used_at,
+                    lease.open_marker,
+                    lease.open_account_id == lease.account_id,
+                ),
+                "identity": (
+                    identity.kind,
+                    identity.display_lossy,
+                    identity.created_at,
+                ),
+                "event": (
+                    row.at,
+                    row.kind,
+                    row.pool,
+                    row.account == account.name,
+                    row.dn == identity.display,
+                    row.identity_id == identity.id,
+                    row.details,
+                    row.actor,
+                    row.reason,
+                ),
+                "account": (account.state, account.last_used_at),
+            }
+
+    assert seen(short) == seen(long)
+    lines = [r.getMessage() for r in caplog.records]
+    started = [line for line in lines if line.startswith("event=lease_started")]
+    assert len(started) == 2, f"expected one lease_started line per lease: {lines}"
+
+    def general_form(line: str, mapping) -> str:
+        return (
+            line.replace(mapping.dn, "DN")
+            .replace(mapping.account, "ACCOUNT")
+            .replace(f"lease_id={mapping.lease_id}", "lease_id=N")
+        )
+
+    assert general_form(started[0], short) == general_form(started[1], long), (
+        f"the two paths logged differently: {started}"
+    )
+    assert invariant_violations(pg) == []
+
+
+def test_a_pool_with_no_never_used_account_gets_no_identity_from_the_statement(
+    engine, site, caplog
+):
+    """Only a rested account is left: the general path leases it, and the
+    new person's identity is written once, with that lease. On PostgreSQL
+    the one statement sees there is no never-used account and writes
+    nothing, rather than failing (which the server would log as an error)."""
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    map_dn(engine, site, JANE, "/tst", now=at("2024-01-01T00:00:00Z"))
+    end_open_lease(engine, "tst001", at("2024-01-02T00:00:00Z"))
+    now = at("2024-12-01T00:00:00Z")
+    caplog.set_level(logging.DEBUG, logger="poolmgr.leases")
+    assert map_dn(engine, site, KIM, "/tst", now=now).account == "tst001"
+    assert _count(engine, Identity) == 2
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refused == [], f"the statement failed instead of writing nothing: {refused}"
+    assert invariant_violations(engine) == []
+
+
+def test_an_exhausted_pool_leaves_no_identity_for_a_new_person(engine, site):
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    map_dn(engine, site, JANE, "/tst")
+    with pytest.raises(PoolExhaustedError):
+        map_dn(engine, site, KIM, "/tst")
+    assert _count(engine, Identity) == 1, "the refused new person left an identity"
+    assert len(all_leases(engine)) == 1
+
+
+def test_an_account_nss_rejects_is_rolled_back_and_the_next_one_leased(pg, monkeypatch):
+    site = make_settings(check_nss=True)
+    sync(pg, site, [pool("tst", "tst", 3, "/tst")])
+    monkeypatch.setattr(
+        nss,
+        "account_problem",
+        lambda name, uid: nss.Problem(name, "gone") if name == "tst001" else None,
+    )
+    assert map_dn(pg, site, KIM, "/tst").account == "tst002"
+    assert _count(pg, Identity) == 1
+    assert _count(pg, Event, Event.kind == "lease_started") == 1
+    assert _count(pg, Account, Account.name == "tst001", Account.state == "free") == 1
+    assert invariant_violations(pg) == []
