@@ -23,6 +23,7 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Exists,
+    Float,
     Integer,
     Row,
     Select,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     case,
     exists,
     false,
+    func,
     insert,
     literal,
     literal_column,
@@ -42,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import FromClause
 from sqlalchemy.types import String, Text
 
 from poolmgr import events, nss
@@ -227,13 +230,14 @@ class Mapper:
         """On PostgreSQL, write the mapping in one statement if it takes one.
 
         conn runs each statement as its own transaction. Recording last use
-        is one guarded update; a new lease of a never-used account is one
+        is one guarded update; a new lease in the first matching pool is one
         statement that also creates a new person's identity and records the
-        event (with check_nss, it runs in a transaction that commits only
-        once the account resolves). Returns None, having changed nothing,
-        where the general path must decide (a lowercased display to restore,
-        no never-used account to take); raises _Retry, having changed
-        nothing, when a concurrent change made what was read stale.
+        event (with check_nss, in a transaction that commits only once the
+        account resolves). Returns None, having changed nothing, where the
+        general path must decide (a lowercased display to restore, no
+        account in the first pool, NSS rejecting the account); raises
+        _Retry, having changed nothing, when a concurrent change made what
+        was read stale.
         """
         held = seen.held
         if held is not None:
@@ -263,7 +267,7 @@ class Mapper:
         person: _Person | None,
         now: datetime,
     ) -> Mapping | None:
-        """Lease the first pool's first never-used account in one statement."""
+        """Lease the first pool's best free account in one statement."""
         route = choice.routes[0]
         fqan = str(choice.fqan) if choice.fqan else None
         display = person.display if person else parsed.dn.slash()
@@ -280,6 +284,7 @@ class Mapper:
         )
         params = {
             "v_pool_id": route.pool_id,
+            "cutoff": self.quiet.safe_cutoff(now),
             "v_pool": route.pool,
             "v_fqan": fqan,
             "v_now": now,
@@ -294,7 +299,7 @@ class Mapper:
                 "v_display": display,
             }
         else:
-            params |= {"v_identity_id": person.id, "requester": person.id}
+            params |= {"v_identity_id": person.id}
         statement = self._lease_statement(new_person=person is None)
         try:
             if self.settings.check_nss:
@@ -330,57 +335,64 @@ class Mapper:
         return self._result(held, choice, parsed, new=True)
 
     def _lease_statement(self, *, new_person: bool) -> Select:
-        """The PostgreSQL statement that leases the pool's first never-used account.
+        """The PostgreSQL statement that leases the pool's best free account.
 
-        For a new person the identity is inserted first and the account
-        read depends on its id, so that concurrent first mappings of one
-        person meet at the unique key before any of them locks an account;
-        the identity is inserted only while the pool has a never-used
-        account, and if none is left to lock by then, the lease's missing
-        account fails the whole statement. For a known person the statement
-        writes nothing when there is no account. Either way the lease, the
-        account's state and the lease_started event are written together.
+        The account is the one the general path would offer first: the
+        first never-used one, else the rested one free longest, its quiet
+        period checked exactly in SQL. For a new person the identity is
+        inserted first and the account read depends on its id, so that
+        concurrent first mappings of one person meet at the unique key
+        before any of them locks an account; the identity is inserted only
+        while the pool has such an account, and if none is left to lock by
+        then, the lease's missing account fails the whole statement. For a
+        known person the statement writes nothing when there is no account.
+        Either way the lease, the account's state and the lease_started
+        event are written together.
         """
         cached = self._lease_statements.get(new_person)
         if cached is not None:
             return cached
+        holder: Any
+        driver: FromClause
         if new_person:
-            never_used = self._candidate_queries("postgresql", null())[0]
+            # Each as the first row of its ordered query: read from the
+            # index, never a scan of the pool's leased accounts.
+            guard = or_(
+                *(
+                    query.with_only_columns(Account.id)
+                    .limit(_ONE)
+                    .scalar_subquery()
+                    .is_not(None)
+                    for query in self._exact_candidates(null())
+                )
+            )
             identity = (
                 insert(Identity)
                 .from_select(
                     list(_IDENTITY_VALUES),
-                    # As the first row of the ordered query: read from the
-                    # index, never a scan of the pool's leased accounts.
-                    select(*_IDENTITY_VALUES.values()).where(
-                        never_used.with_only_columns(Account.id)
-                        .limit(1)
-                        .scalar_subquery()
-                        .is_not(None)
-                    ),
+                    select(*_IDENTITY_VALUES.values()).where(guard),
                 )
                 .returning(Identity.id)
                 .cte("new_identity")
             )
-            candidate = _lock_first(
-                self._candidate_queries("postgresql", identity.c.id)[0]
-            ).lateral("free")
-            picked = select(
-                identity.c.id.label("identity_id"),
-                candidate.c.id,
-                candidate.c.name,
-                candidate.c.uid,
-            ).select_from(identity.outerjoin(candidate, true()))
+            holder, driver = identity.c.id, identity
         else:
-            candidate = _lock_first(self._candidate_queries("postgresql")[0]).lateral(
-                "free"
+            holder, driver = _v("identity_id", Integer), _ONE_ROW
+        never_used, rested = self._exact_candidates(holder)
+        first = _lock_first(never_used).lateral("never_used")
+        # Read only when there is no never-used account to take.
+        second = _lock_first(rested.where(first.c.id.is_(None))).lateral("rested")
+        picked = select(
+            holder.label("identity_id"),
+            *(
+                func.coalesce(first.c[name], second.c[name]).label(name)
+                for name in ("id", "name", "uid")
+            ),
+        ).select_from(driver.outerjoin(first, true()).outerjoin(second, true()))
+        if not new_person:
+            picked = picked.where(
+                or_(first.c.id.is_not(None), second.c.id.is_not(None))
             )
-            picked = select(
-                _v("identity_id", Integer).label("identity_id"),
-                candidate.c.id,
-                candidate.c.name,
-                candidate.c.uid,
-            ).select_from(candidate)
         chosen = picked.cte("chosen")
         lease = {
             **_LEASE_VALUES,
@@ -655,7 +667,7 @@ class Mapper:
             _waived_against(requester).label("waived_for_requester"),
         ).where(
             Account.pool_id == _v("pool_id", Integer),
-            Account.state == "free",
+            Account.state == _FREE,
             ~IS_HELD,
         )
 
@@ -704,6 +716,24 @@ class Mapper:
                 Account, "FORCE INDEX (ix_accounts_free_since)", dialect
             )
         return [never_used, rested]
+
+    def _exact_candidates(self, requester: Any) -> list[Select]:
+        """The candidate queries with the quiet period checked exactly.
+
+        For the one-statement lease, which has no Python check after it:
+        an account is rested only if its quiet period is over as
+        _quiet_over() has it. Parameters: those of _candidate_queries,
+        and v_now.
+        """
+        never_used, rested = self._candidate_queries("postgresql", requester)
+        over = or_(
+            quiet_end(self.quiet, Account.last_used_at) <= _v("now", UTCDateTime()),
+            and_(
+                Account.quiet_waived_at >= Account.last_used_at,
+                ~_waived_against(requester),
+            ),
+        )
+        return [never_used, rested.where(over)]
 
     def _is_usable(self, account: Row[Any], now: datetime) -> bool:
         if account.last_used_at is not None and not _quiet_over(
@@ -769,6 +799,11 @@ class Mapper:
         )
 
 
+# Constants of the candidate queries are written into their SQL, not bound:
+# a prepared statement's generic plan then knows them, so PostgreSQL plans a
+# query once per connection instead of on every execution.
+_ONE = literal_column("1", Integer)
+_FREE = literal_column("'free'", String)
 _ACCOUNT_COLUMNS = (
     Account.id,
     Account.name,
@@ -819,7 +854,7 @@ def _lease_if_resolvable(
 
 def _lock_first(query: Select) -> Select:
     """The query's first row only, locked unless another caller holds it."""
-    return query.with_for_update(skip_locked=True).limit(1)
+    return query.with_for_update(skip_locked=True).limit(_ONE)
 
 
 @dataclass(frozen=True)
@@ -843,7 +878,9 @@ class _Queries:
                 _lock_first(query) if safe else None
                 for query, safe in zip(queries, lockable, strict=True)
             ],
-            batches=[query.limit(_BATCH) for query in queries],
+            batches=[
+                query.limit(literal_column(str(_BATCH), Integer)) for query in queries
+            ],
             by_id=free.where(Account.id == bindparam("account_id")).with_for_update(
                 skip_locked=True
             ),
@@ -1117,6 +1154,29 @@ def _start_lease_statement() -> Select:
 
 
 _START_LEASE = _start_lease_statement()
+
+
+def quiet_end(quiet: Duration, start: Any) -> Any:
+    """SQL (PostgreSQL): the instant quiet after start, as Duration.after().
+
+    PostgreSQL adds an interval's months first, keeping the day of the
+    month unless the month is shorter (then its last day), then its days,
+    then its time: what relativedelta does with the same parts.
+    """
+    delta = quiet.delta
+    seconds = (
+        delta.hours * 3600 + delta.minutes * 60 + delta.seconds
+    ) + delta.microseconds / 1_000_000
+    interval = func.make_interval(
+        0,
+        literal(delta.years * 12 + delta.months, Integer),
+        0,
+        literal(delta.days, Integer),
+        0,
+        0,
+        literal(seconds, Float),
+    )
+    return start + interval
 
 
 def _quiet_over(account: Account | Row[Any], quiet: Duration, now: datetime) -> bool:

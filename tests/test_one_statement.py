@@ -7,17 +7,19 @@ nothing behind for the general path to trip over.
 """
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, func, select
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event, func, literal, select
 
 from poolmgr import nss
-from poolmgr.db import unit_of_work
+from poolmgr.db import UTCDateTime, unit_of_work
 from poolmgr.errors import PoolExhaustedError
-from poolmgr.leases import Mapper, MapRequest
+from poolmgr.leases import Mapper, MapRequest, quiet_end
 from poolmgr.models import Account, Event, Identity, Lease
-from poolmgr.timeutil import utcnow
+from poolmgr.timeutil import Duration, utcnow
 from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
@@ -71,6 +73,8 @@ def _count(engine, model, *where) -> int:
     [
         ("new", False, ["SELECT", "WITH"]),
         ("known", False, ["SELECT", "WITH"]),
+        ("new, rested account", False, ["SELECT", "WITH"]),
+        ("known, rested account", False, ["SELECT", "WITH"]),
         ("returning", False, ["SELECT", "UPDATE"]),
         ("new", True, ["SELECT", "BEGIN", "WITH", "COMMIT"]),
         ("returning", True, ["SELECT", "UPDATE"]),
@@ -80,10 +84,14 @@ def test_a_mapping_that_writes_is_the_read_and_one_statement(
     pg, monkeypatch, who, nss_on, want
 ):
     site = make_settings(check_nss=nss_on)
-    sync(pg, site, [pool("tst", "tst", 4, "/tst"), pool("oth", "oth", 2, "/oth")])
+    size = 1 if "rested" in who else 4
+    sync(pg, site, [pool("tst", "tst", size, "/tst"), pool("oth", "oth", 2, "/oth")])
     if nss_on:
         monkeypatch.setattr(nss, "account_problem", lambda name, uid: None)
-    if who == "known":
+    if "rested" in who:
+        map_dn(pg, site, JANE, "/tst", now=utcnow() - timedelta(days=400))
+        end_open_lease(pg, "tst001", utcnow() - timedelta(days=399))
+    if who.startswith("known"):
         map_dn(pg, site, KIM, "/oth")
     if who == "returning":
         map_dn(pg, site, KIM, "/tst", now=utcnow() - timedelta(hours=1))
@@ -201,3 +209,80 @@ def test_an_account_nss_rejects_is_rolled_back_and_the_next_one_leased(pg, monke
     assert _count(pg, Event, Event.kind == "lease_started") == 1
     assert _count(pg, Account, Account.name == "tst001", Account.state == "free") == 1
     assert invariant_violations(pg) == []
+
+
+# The quiet period, checked in SQL by the one statement, to the microsecond.
+
+
+@pytest.mark.parametrize(
+    ("last_use", "quiet_over_at"),
+    [
+        ("2024-03-10T08:00:00Z", "2024-09-10T08:00:00Z"),
+        # the month is shorter: the last day of February, same time of day
+        ("2024-08-31T12:00:00Z", "2025-02-28T12:00:00Z"),
+        ("2023-08-29T23:59:59.999999Z", "2024-02-29T23:59:59.999999Z"),
+    ],
+)
+def test_a_rested_account_is_taken_exactly_when_its_quiet_period_ends(
+    engine, site, monkeypatch, last_use, quiet_over_at
+):
+    """On every backend; on PostgreSQL by the one statement alone."""
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    map_dn(engine, site, JANE, "/tst", now=at(last_use))
+    end_open_lease(engine, "tst001", at(last_use) + timedelta(seconds=1))
+    with pytest.raises(PoolExhaustedError):
+        map_dn(
+            engine, site, KIM, "/tst", now=at(quiet_over_at) - timedelta(microseconds=1)
+        )
+    assert _count(engine, Identity) == 1
+    if engine.dialect.name == "postgresql":
+
+        def general_path(*args):
+            raise AssertionError("the one statement left the lease to the general path")
+
+        monkeypatch.setattr(Mapper, "_map_writing", general_path)
+    mapping = map_dn(engine, site, KIM, "/tst", now=at(quiet_over_at))
+    assert mapping.account == "tst001" and mapping.new
+    assert invariant_violations(engine) == []
+
+
+_PARTS = st.fixed_dictionaries(
+    {
+        unit: st.integers(0, top)
+        for unit, top in [
+            ("year", 3),
+            ("month", 30),
+            ("week", 6),
+            ("day", 70),
+            ("hour", 60),
+            ("minute", 200),
+            ("second", 5000),
+        ]
+    }
+)
+_STARTS = st.datetimes(
+    min_value=datetime(1990, 1, 1),
+    max_value=datetime(2090, 12, 31),
+    timezones=st.just(UTC),
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@example(parts={"month": 1}, start=datetime(2025, 1, 31, 23, tzinfo=UTC))
+@example(parts={"year": 1}, start=datetime(2024, 2, 29, 6, tzinfo=UTC))
+@example(parts={"month": 1, "day": 1}, start=datetime(2025, 1, 30, tzinfo=UTC))
+@given(parts=_PARTS, start=_STARTS)
+def test_sql_quiet_end_is_the_calendar_arithmetic_of_the_python_check(pg, parts, start):
+    text = " ".join(f"{n} {unit}" for unit, n in parts.items() if n) or "1 second"
+    quiet = Duration.parse(text)
+    with pg.connect() as conn:
+        got = conn.execute(
+            select(quiet_end(quiet, literal(start, UTCDateTime())))
+        ).scalar()
+    assert got.replace(tzinfo=UTC) == quiet.after(start), (
+        f"{start.isoformat()} + {text!r}: PostgreSQL {got}, Python {quiet.after(start)}"
+    )
