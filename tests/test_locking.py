@@ -67,14 +67,15 @@ def _while_in_flight(
     monkeypatch,
     engine,
     settings,
-    early: MapRequest,
-    second: MapRequest,
+    early_dn: str,
+    second_dn: str,
     now=None,
     *,
     one_statement: bool = False,
 ):
-    """Map early and pause it just after its lease is written (uncommitted);
-    meanwhile map second with a single attempt. Returns (early, second|None).
+    """Map early_dn to /tst and pause it just after its lease is written
+    (uncommitted); meanwhile map second_dn with a single attempt. Returns
+    (early, second|None); NSS answers are forgotten afterwards.
 
     early takes the general path and pauses after _start_lease, or with
     one_statement the PostgreSQL one-statement lease, paused at the NSS
@@ -102,16 +103,21 @@ def _while_in_flight(
         monkeypatch.setattr(leases, "_start_lease", pausing(leases._start_lease))
         monkeypatch.setattr(first_mapper, "_map_at_once", lambda *args: None)
     monkeypatch.setattr(leases, "MAX_ATTEMPTS", 1)
-    with ThreadPoolExecutor(1) as executor:
-        first = executor.submit(first_mapper.map, early, now)
-        assert taken.wait(10), "the first mapping never reached its write"
-        try:
-            result = Mapper(engine, settings).map(second, now)
-        except ContentionError:
-            result = None
-        finally:
-            release.set()
-        return first.result(10), result
+    early = MapRequest(dn=early_dn, fqans=("/tst",))
+    second = MapRequest(dn=second_dn, fqans=("/tst",))
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            first = executor.submit(first_mapper.map, early, now)
+            assert taken.wait(10), "the first mapping never reached its write"
+            try:
+                result = Mapper(engine, settings).map(second, now)
+            except ContentionError:
+                result = None
+            finally:
+                release.set()
+            return first.result(10), result
+    finally:
+        nss.clear_cache()
 
 
 # A mapping paused after its write, before commit, next to a second one.
@@ -171,17 +177,9 @@ def test_a_mapping_in_flight_leaves_every_account_it_does_not_take(
     _servers_only(engine)
     site, now = _scenario(case, engine, monkeypatch)
     early_dn, second_dn, (want_early, want_second) = CASES[case]
-    try:
-        early, second = _while_in_flight(
-            monkeypatch,
-            engine,
-            site,
-            MapRequest(dn=early_dn, fqans=("/tst",)),
-            MapRequest(dn=second_dn, fqans=("/tst",)),
-            now,
-        )
-    finally:
-        nss.clear_cache()
+    early, second = _while_in_flight(
+        monkeypatch, engine, site, early_dn, second_dn, now
+    )
     assert early.account == want_early
     assert second is not None, (
         f"{want_second} was free, yet the mapping in flight had it locked"
@@ -200,17 +198,9 @@ def test_a_one_statement_lease_in_flight_leaves_every_other_account(
     site = make_settings(check_nss=True)
     sync(engine, site, [pool("tst", "tst", 4, "/tst")])
     _nss_without(monkeypatch, engine)
-    try:
-        early, second = _while_in_flight(
-            monkeypatch,
-            engine,
-            site,
-            MapRequest(dn=KIM, fqans=("/tst",)),
-            MapRequest(dn=JANE, fqans=("/tst",)),
-            one_statement=True,
-        )
-    finally:
-        nss.clear_cache()
+    early, second = _while_in_flight(
+        monkeypatch, engine, site, KIM, JANE, one_statement=True
+    )
     assert early.account == "tst001"
     assert second is not None, "tst002 was free, yet the lease in flight had it"
     assert second.account == "tst002"
@@ -225,13 +215,7 @@ def test_a_new_person_who_finds_the_last_account_locked_leaves_no_identity(
     _servers_only(engine)
     site = make_settings()
     sync(engine, site, [pool("tst", "tst", 1, "/tst")])
-    early, second = _while_in_flight(
-        monkeypatch,
-        engine,
-        site,
-        MapRequest(dn=KIM, fqans=("/tst",)),
-        MapRequest(dn=JANE, fqans=("/tst",)),
-    )
+    early, second = _while_in_flight(monkeypatch, engine, site, KIM, JANE)
     assert early.account == "tst001"
     assert second is None, f"expected contention while tst001 was locked: {second}"
     with pytest.raises(PoolExhaustedError):
