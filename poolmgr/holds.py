@@ -29,7 +29,11 @@ from poolmgr.models import Account, Hold, Identity, Lease, Pool
 from poolmgr.timeutil import format_time
 
 IS_HELD = exists().where(Hold.open_account_id == Account.id)
-"""SQL condition: the account in the enclosing query is under a hold."""
+"""SQL condition: the account in the enclosing query is under a hold.
+
+Mappings test Account.held instead, the same fact on the account's own row:
+a row lock taken with FOR UPDATE tests it again on the row as locked, which
+a subquery on holds, read in the statement's snapshot, would not be."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ def hold_account(
     existing = _open_hold(session, account.id)
     if existing is not None:
         return existing, False
+    account.held = True
     hold = Hold(
         account_id=account.id,
         started_at=now,
@@ -85,6 +90,7 @@ def release_account(
         raise NotFoundError(f"Account {name!r} is not under a hold.")
     hold.released_at, hold.released_by = now, actor
     hold.release_reason, hold.open_account_id = reason, None
+    account.held = False
     session.flush()
     _record(session, "hold_released", hold, account, actor=actor, reason=reason)
     return hold

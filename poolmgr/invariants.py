@@ -8,10 +8,10 @@ an account's state is kept beside its leases rather than derived from them.
 the lease history is ``history.verify_history``.
 """
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select, true
 from sqlalchemy.orm import Session
 
-from poolmgr.models import Account, Lease, Pool
+from poolmgr.models import Account, Hold, Lease, Pool
 
 # Open leases are read through the index on open_marker, so each query
 # costs in proportion to the leases open now, not to the whole history.
@@ -40,7 +40,7 @@ def find_broken_invariants(session: Session) -> list[str]:
     problems += [
         f"identity {i} has {n} open leases in pool {p}" for i, p, n in doubled_persons
     ]
-    return problems + _state_mismatches(session)
+    return problems + _state_mismatches(session) + _hold_mismatches(session)
 
 
 def _state_mismatches(session: Session) -> list[str]:
@@ -65,4 +65,23 @@ def _state_mismatches(session: Session) -> list[str]:
         if count is None
         else f"account {name} is {state} but has an open lease"
         for name, state, count in rows
+    ]
+
+
+def _hold_mismatches(session: Session) -> list[str]:
+    """Return the accounts whose held flag disagrees with the standing holds."""
+    standing = select(Hold.open_account_id).where(Hold.open_account_id.is_not(None))
+    rows = session.execute(
+        select(Account.name, Account.held)
+        .where(
+            ((Account.held.is_(true())) & Account.id.not_in(standing))
+            | ((Account.held.is_(false())) & Account.id.in_(standing))
+        )
+        .order_by(Account.name)
+    )
+    return [
+        f"account {name} is marked held but has no standing hold"
+        if held
+        else f"account {name} is under a hold but not marked held"
+        for name, held in rows
     ]

@@ -59,7 +59,6 @@ from poolmgr.errors import (
     PoolExhaustedError,
 )
 from poolmgr.fqan import Fqan, parse_fqan, parse_rule
-from poolmgr.holds import IS_HELD
 from poolmgr.identities import X509, key_hash
 from poolmgr.models import Account, Event, Identity, Lease, Pool
 from poolmgr.routing import Choice, Route, Router
@@ -552,6 +551,7 @@ class Mapper:
             "v_pool_id": route.pool_id,
             "cutoff": self.quiet.safe_cutoff(now),
             "requester": person.id,
+            "v_now": now,
         }
         account = self._first_usable(conn, params, now, lock=locking, first=first)
         # Nothing this caller could lock: if an unlocked read still finds a
@@ -584,12 +584,19 @@ class Mapper:
         the next ones read in batches without locks, and each usable one
         then locked by itself.
         """
-        queries = self._queries.get(conn.dialect.name)
+        dialect = conn.dialect.name
+        queries = self._queries.get(dialect)
         if queries is None:
-            queries = self._queries[conn.dialect.name] = _Queries.build(
-                conn.dialect.name,
-                self._candidate_queries(conn.dialect.name),
-                self._free_accounts(bindparam("requester")),
+            # PostgreSQL checks the quiet period exactly in SQL, so no
+            # account still resting is read only to be rejected here; the
+            # other backends read the loose window and reject in Python.
+            candidates = (
+                self._exact_candidates(bindparam("requester"))
+                if dialect == "postgresql"
+                else self._candidate_queries(dialect)
+            )
+            queries = self._queries[dialect] = _Queries.build(
+                dialect, candidates, self._free_accounts(bindparam("requester"))
             )
         rejected: set[int] = set()
         for head_query, query in zip(queries.heads, queries.batches, strict=True):
@@ -668,7 +675,9 @@ class Mapper:
         ).where(
             Account.pool_id == _v("pool_id", Integer),
             Account.state == _FREE,
-            ~IS_HELD,
+            # On the row itself: a hold committed between this statement's
+            # snapshot and its lock is still seen (see holds.IS_HELD).
+            Account.held.is_(false()),
         )
 
     def _candidate_queries(self, dialect: str, requester: Any = None) -> list[Select]:
@@ -718,12 +727,12 @@ class Mapper:
         return [never_used, rested]
 
     def _exact_candidates(self, requester: Any) -> list[Select]:
-        """The candidate queries with the quiet period checked exactly.
+        """The candidate queries with the quiet period checked exactly (PostgreSQL).
 
-        For the one-statement lease, which has no Python check after it:
-        an account is rested only if its quiet period is over as
-        _quiet_over() has it. Parameters: those of _candidate_queries,
-        and v_now.
+        An account is rested only if its quiet period is over as
+        _quiet_over() has it: the one-statement lease has no Python check
+        after it, and the general path reads no account still resting only
+        to reject it. Parameters: those of _candidate_queries, and v_now.
         """
         never_used, rested = self._candidate_queries("postgresql", requester)
         over = or_(

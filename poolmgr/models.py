@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -89,6 +90,11 @@ class Account(Base):
     free_since: Mapped[when] = mapped_column(comment="when the last lease ended")
     quiet_waived_at: Mapped[when] = mapped_column(
         comment="an override ended the quiet period at this time"
+    )
+    held: Mapped[bool] = mapped_column(
+        default=False,
+        server_default=false(),
+        comment="under a standing hold (holds.open_account_id)",
     )
 
     pool: Mapped[Pool] = relationship(back_populates="accounts")
