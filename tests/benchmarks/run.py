@@ -165,6 +165,9 @@ def build_tools(plan: Plan, workdir: Path) -> Tools:
     return Tools(driver, plugin)
 
 
+WARM_UP = 40
+
+
 class Cells:
     """Measures one path at every caller count on one prepared database."""
 
@@ -177,6 +180,7 @@ class Cells:
 
     def measure(self, backend: str, path: str, run: Runner) -> list[Row]:
         """Return one row per caller count: new, first use and returning."""
+        self._warm_up(f"{backend} {path} {self.size}", run)
         rows = []
         for callers in self.plan.callers:
             progress(f"{backend} {path} pool {self.size:,} callers {callers}")
@@ -199,6 +203,19 @@ class Cells:
         # measurement has as many calls (2 x --returning) and a fair rate.
         again = run(sample, callers, max(2, -(-2 * self.plan.returning // len(sample))))
         return Row(backend, path, self.size, callers, new, first, again, notes)
+
+    def _warm_up(self, tag: str, run: Runner) -> None:
+        """Map WARM_UP new persons unmeasured, then free their accounts again.
+
+        A service that has run for a while has its connections open and its
+        statements planned: PostgreSQL plans a prepared statement afresh on
+        each connection during its first executions (psycopg prepares it at
+        the sixth, the server keeps a generic plan after five more).
+        """
+        free = self.size - self.prefilled.count
+        run([person_dn(f"Warm {tag}", n) for n in range(min(WARM_UP, free))], 1, 1)
+        release_new(self.engine, self.pool_id, self.prefilled.count)
+        tidy(self.engine)
 
     def _check_new(self, new: Sample) -> list[str]:
         """Free the new leases; note it if their number differs from the successes."""
