@@ -170,6 +170,14 @@ def engine(
 
 
 @pytest.fixture
+def pg(engine: Engine) -> Engine:
+    """The engine fixture on PostgreSQL only: the one-statement path's."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    return engine
+
+
+@pytest.fixture
 def sqlite_engine(tmp_path: Path, _sqlite_template: Path) -> Iterator[Engine]:
     """An engine on an empty, migrated SQLite file (for backend-neutral logic)."""
     path = tmp_path / "poolmgr.db"

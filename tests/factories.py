@@ -3,7 +3,8 @@
 import socket
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
+import pytest
+from sqlalchemy import Engine, func, select, update
 
 from poolmgr.db import unit_of_work
 from poolmgr.invariants import find_broken_invariants
@@ -114,3 +115,16 @@ def drain_datagrams(receiver: socket.socket) -> list[bytes]:
             receiver.settimeout(0.2)
     except TimeoutError:
         return received
+
+
+def count_rows(engine: Engine, model: type, *where: object) -> int:
+    """Return how many rows of model's table match where."""
+    with unit_of_work(engine, write=False) as session:
+        query = select(func.count()).select_from(model).where(*where)
+        return int(session.scalar(query) or 0)
+
+
+def general_path_only(monkeypatch: pytest.MonkeyPatch, mapper: Mapper) -> Mapper:
+    """Make mapper skip PostgreSQL's one-statement path; return it."""
+    monkeypatch.setattr(mapper, "_map_at_once", lambda *args: None)
+    return mapper

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event, func, literal, select
+from sqlalchemy import event, literal, select
 
 from poolmgr import nss
 from poolmgr.db import UTCDateTime, unit_of_work
@@ -24,7 +24,9 @@ from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
+    count_rows,
     end_open_lease,
+    general_path_only,
     invariant_violations,
     map_dn,
     pool,
@@ -34,13 +36,6 @@ from tests.factories import (
 KIM = "/DC=org/DC=example/CN=Kim Sample"
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 LEE = "/DC=org/DC=example/CN=Lee Test"
-
-
-@pytest.fixture
-def pg(engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the one-statement path is PostgreSQL's")
-    return engine
 
 
 def _statements(engine, work) -> list[str]:
@@ -56,16 +51,6 @@ def _statements(engine, work) -> list[str]:
     finally:
         event.remove(engine, "before_cursor_execute", record)
     return sent
-
-
-def _general_path_only(monkeypatch, mapper: Mapper) -> Mapper:
-    monkeypatch.setattr(mapper, "_map_at_once", lambda *args: None)
-    return mapper
-
-
-def _count(engine, model, *where) -> int:
-    with unit_of_work(engine, write=False) as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +95,7 @@ def test_the_one_statement_lease_writes_what_the_general_path_writes(
     now = at("2025-05-05T05:05:05Z")
     caplog.set_level(logging.INFO, logger="poolmgr.audit")
     short = Mapper(pg, site).map(MapRequest(dn=KIM, fqans=("/tst",)), now)
-    general = _general_path_only(monkeypatch, Mapper(pg, site))
+    general = general_path_only(monkeypatch, Mapper(pg, site))
     long = general.map(MapRequest(dn=JANE, fqans=("/tst",)), now)
     assert (short.account, long.account) == ("tst001", "tst002")
 
@@ -181,7 +166,7 @@ def test_a_pool_with_no_never_used_account_gets_no_identity_from_the_statement(
     now = at("2024-12-01T00:00:00Z")
     caplog.set_level(logging.DEBUG, logger="poolmgr.leases")
     assert map_dn(engine, site, KIM, "/tst", now=now).account == "tst001"
-    assert _count(engine, Identity) == 2
+    assert count_rows(engine, Identity) == 2
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refused == [], f"the statement failed instead of writing nothing: {refused}"
     assert invariant_violations(engine) == []
@@ -192,7 +177,7 @@ def test_an_exhausted_pool_leaves_no_identity_for_a_new_person(engine, site):
     map_dn(engine, site, JANE, "/tst")
     with pytest.raises(PoolExhaustedError):
         map_dn(engine, site, KIM, "/tst")
-    assert _count(engine, Identity) == 1, "the refused new person left an identity"
+    assert count_rows(engine, Identity) == 1, "the refused new person left an identity"
     assert len(all_leases(engine)) == 1
 
 
@@ -205,9 +190,11 @@ def test_an_account_nss_rejects_is_rolled_back_and_the_next_one_leased(pg, monke
         lambda name, uid: nss.Problem(name, "gone") if name == "tst001" else None,
     )
     assert map_dn(pg, site, KIM, "/tst").account == "tst002"
-    assert _count(pg, Identity) == 1
-    assert _count(pg, Event, Event.kind == "lease_started") == 1
-    assert _count(pg, Account, Account.name == "tst001", Account.state == "free") == 1
+    assert count_rows(pg, Identity) == 1
+    assert count_rows(pg, Event, Event.kind == "lease_started") == 1
+    assert (
+        count_rows(pg, Account, Account.name == "tst001", Account.state == "free") == 1
+    )
     assert invariant_violations(pg) == []
 
 
@@ -234,7 +221,7 @@ def test_a_rested_account_is_taken_exactly_when_its_quiet_period_ends(
         map_dn(
             engine, site, KIM, "/tst", now=at(quiet_over_at) - timedelta(microseconds=1)
         )
-    assert _count(engine, Identity) == 1
+    assert count_rows(engine, Identity) == 1
     if engine.dialect.name == "postgresql":
 
         def general_path(*args):

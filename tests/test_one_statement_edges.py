@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 
 from poolmgr import nss
 from poolmgr.db import unit_of_work
@@ -28,7 +28,9 @@ from tests.conftest import _truncate, make_settings
 from tests.factories import (
     all_leases,
     at,
+    count_rows,
     end_open_lease,
+    general_path_only,
     invariant_violations,
     map_dn,
     pool,
@@ -40,23 +42,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KIM = "/DC=org/DC=example/CN=Kim Sample"
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 LEE = "/DC=org/DC=example/CN=Lee Test"
-
-
-@pytest.fixture
-def pg(engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the one-statement path is PostgreSQL's")
-    return engine
-
-
-def _general_path_only(monkeypatch, mapper: Mapper) -> Mapper:
-    monkeypatch.setattr(mapper, "_map_at_once", lambda *args: None)
-    return mapper
-
-
-def _count(engine, model, *where) -> int:
-    with unit_of_work(engine, write=False) as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def _held_and_leased(engine) -> list[str]:
@@ -133,7 +118,7 @@ def test_a_hold_placed_while_a_first_mapping_waits_is_respected(
     sync(pg, site, [pool("tst", "tst", 3, "/tst")])
     mapper = Mapper(pg, site)
     if path == "general":
-        _general_path_only(monkeypatch, mapper)
+        general_path_only(monkeypatch, mapper)
 
     def place_hold():
         with unit_of_work(pg) as session:
@@ -202,7 +187,7 @@ def test_the_quiet_period_ends_at_the_exact_instant_on_every_backend(
     end_open_lease(engine, "tst001", at(last_use))
     with pytest.raises(PoolExhaustedError):
         map_dn(engine, site, KIM, "/tst", now=at(over_at) - timedelta(microseconds=1))
-    assert _count(engine, Identity) == 1, "the refused mapping left an identity"
+    assert count_rows(engine, Identity) == 1, "the refused mapping left an identity"
     if engine.dialect.name == "postgresql":
         _forbid_general_path(monkeypatch)
     mapping = map_dn(engine, site, KIM, "/tst", now=at(over_at))
@@ -230,7 +215,7 @@ def test_a_rested_account_goes_to_a_known_person_exactly_at_the_end(
         _forbid_general_path(monkeypatch)
     mapping = map_dn(engine, site, requester, "/tst", now=at("2025-02-28T12:00:00Z"))
     assert mapping.account == "tst001", "expected tst001 once its quiet period ended"
-    assert _count(engine, Identity) == 2
+    assert count_rows(engine, Identity) == 2
     assert invariant_violations(engine) == []
 
 
@@ -414,7 +399,7 @@ def test_a_lease_ended_between_read_and_write(engine, monkeypatch, waive):
 
     def end_and_take():
         end_open_lease(engine, "tst001", now, waive=waive)
-        general = _general_path_only(monkeypatch, Mapper(engine, site))
+        general = general_path_only(monkeypatch, Mapper(engine, site))
         general.map(MapRequest(dn=JANE, fqans=("/tst",)), now)
 
     _after_the_read(monkeypatch, end_and_take)
@@ -445,7 +430,7 @@ def test_the_same_person_leased_elsewhere_between_read_and_write(
         map_dn(engine, site, KIM, "/oth")
     _after_the_read(
         monkeypatch,
-        lambda: _general_path_only(monkeypatch, Mapper(engine, site)).map(
+        lambda: general_path_only(monkeypatch, Mapper(engine, site)).map(
             MapRequest(dn=KIM, fqans=("/tst",))
         ),
     )
@@ -453,7 +438,7 @@ def test_the_same_person_leased_elsewhere_between_read_and_write(
     assert (mapping.account, mapping.new) == ("tst001", False), (
         f"expected Kim's lease of tst001 made by the other front-end: {mapping}"
     )
-    assert _count(engine, Identity) == 1
+    assert count_rows(engine, Identity) == 1
     assert _lease_events(engine, "tst") == ["tst001"]
     assert len([lease for lease in all_leases(engine) if lease.pool_id == 1]) == 1
     assert invariant_violations(engine) == []
@@ -566,7 +551,7 @@ def test_new_persons_racing_for_the_last_accounts(engine, monkeypatch):
     assert accounts == [f"tst00{n}" for n in (1, 2, 3, 5, 6, 7)], (
         f"expected the 6 usable accounts, each once: {accounts}"
     )
-    assert _count(engine, Identity) == 4 + 6, "a refused person left an identity"
+    assert count_rows(engine, Identity) == 4 + 6, "a refused person left an identity"
     assert invariant_violations(engine) == []
 
 
@@ -593,7 +578,7 @@ def test_a_new_person_meeting_a_lease_in_flight_is_refused_and_leaves_nothing(
     monkeypatch.setattr(nss, "account_problem", resolves_after_a_pause)
     jane = Mapper(pg, site)
     if path == "general":
-        _general_path_only(monkeypatch, jane)
+        general_path_only(monkeypatch, jane)
     since = _log_size(pg)
     with ThreadPoolExecutor(2) as executor:
         kim = executor.submit(Mapper(pg, site).map, MapRequest(dn=KIM, fqans=("/tst",)))
@@ -604,7 +589,7 @@ def test_a_new_person_meeting_a_lease_in_flight_is_refused_and_leaves_nothing(
         assert kim.result(10).account == "tst001"
         with pytest.raises(PoolExhaustedError):
             refused.result(20)
-    assert _count(pg, Identity) == 1, "the refused Jane left an identity"
+    assert count_rows(pg, Identity) == 1, "the refused Jane left an identity"
     errors = _server_errors(pg, since)
     allowed = 'null value in column "account_id" of relation "leases"'
     if path == "one statement":
@@ -627,10 +612,10 @@ def test_every_account_unresolvable_leaves_nothing_behind(pg, monkeypatch):
     monkeypatch.setattr(nss, "account_problem", lambda n, u: nss.Problem(n, "gone"))
     with pytest.raises(PoolExhaustedError, match="do not resolve"):
         map_dn(pg, site, KIM, "/tst")
-    assert _count(pg, Identity) == 0, "the refused person left an identity"
+    assert count_rows(pg, Identity) == 0, "the refused person left an identity"
     assert all_leases(pg) == []
-    assert _count(pg, Event, Event.kind == "lease_started") == 0
-    assert _count(pg, Account, Account.state == "free") == 2
+    assert count_rows(pg, Event, Event.kind == "lease_started") == 0
+    assert count_rows(pg, Account, Account.state == "free") == 2
 
 
 def test_an_nss_error_rolls_the_one_statement_back(pg, monkeypatch):
@@ -645,7 +630,7 @@ def test_an_nss_error_rolls_the_one_statement_back(pg, monkeypatch):
     monkeypatch.setattr(nss, "account_problem", broken)
     with pytest.raises(OSError):
         map_dn(pg, site, KIM, "/tst")
-    assert (_count(pg, Identity), len(all_leases(pg))) == (0, 0), (
+    assert (count_rows(pg, Identity), len(all_leases(pg))) == (0, 0), (
         "expected the failed mapping to leave no identity and no lease"
     )
     monkeypatch.setattr(nss, "account_problem", lambda name, uid: None)
@@ -659,7 +644,7 @@ def test_a_dn_only_request_through_the_one_statement(pg, monkeypatch):
     site = make_settings(dn_only_pool="dno")
     sync(pg, site, [pool("tst", "tst", 2, "/tst"), pool("dno", "dno", 2, "/dno")])
     short = map_dn(pg, site, KIM)
-    general = _general_path_only(monkeypatch, Mapper(pg, site))
+    general = general_path_only(monkeypatch, Mapper(pg, site))
     long = general.map(MapRequest(dn=JANE))
     assert (short.account, long.account) == ("dno001", "dno002")
     with unit_of_work(pg, write=False) as session:
@@ -714,14 +699,14 @@ def test_a_spilled_first_mapping_returns_to_its_second_pool(pg, monkeypatch):
         False,
         first.lease_id,
     )
-    assert _count(pg, Identity) == 2
+    assert count_rows(pg, Identity) == 2
     assert invariant_violations(pg) == []
 
 
 # Cost of a refusal in a big pool whose free accounts all still rest.
 
 
-def _statement_count(engine, work) -> int:
+def _statementcount_rows(engine, work) -> int:
     sent = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
@@ -760,7 +745,7 @@ def test_a_refusal_in_a_big_resting_pool_takes_a_bounded_number_of_statements(
         with pytest.raises(PoolExhaustedError):
             mapper.map(MapRequest(dn=KIM, fqans=("/big",)), now)
 
-    sent = _statement_count(engine, refused)
+    sent = _statementcount_rows(engine, refused)
     assert sent <= 12, (
         f"expected a refusal in a few statements, it took {sent} for 400 "
         "resting accounts"
@@ -793,5 +778,5 @@ def test_new_and_returning_persons_at_once_near_exhaustion(engine):
     assert sorted(granted) == ["tst001", "tst002", "tst011", "tst012", "tst013"], (
         f"expected the 3 never-used and 2 rested accounts, each once: {granted}"
     )
-    assert _count(engine, Identity) == 10 + 5, "a refused person left an identity"
+    assert count_rows(engine, Identity) == 10 + 5, "a refused person left an identity"
     assert invariant_violations(engine) == []
