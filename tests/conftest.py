@@ -170,11 +170,11 @@ def engine(
 
 
 @pytest.fixture
-def pg(engine: Engine) -> Engine:
-    """The engine fixture on PostgreSQL only: the one-statement path's."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the one-statement path is PostgreSQL's")
-    return engine
+def pg() -> Engine:
+    """An engine on the PostgreSQL test database only: the one-statement path's."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("postgresql is not in POOLMGR_TEST_DATABASES")
+    return _server_engine("postgresql")
 
 
 @pytest.fixture

@@ -188,13 +188,10 @@ def test_a_mapping_in_flight_leaves_every_account_it_does_not_take(
     assert invariant_violations(engine) == []
 
 
-def test_a_one_statement_lease_in_flight_leaves_every_other_account(
-    engine, monkeypatch
-):
+def test_a_one_statement_lease_in_flight_leaves_every_other_account(pg, monkeypatch):
     """PostgreSQL with check_nss: the one-statement lease of tst001, paused
     at its NSS check before commit, holds no other account."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the one-statement lease is PostgreSQL's")
+    engine = pg
     site = make_settings(check_nss=True)
     sync(engine, site, [pool("tst", "tst", 4, "/tst")])
     _nss_without(monkeypatch, engine)
