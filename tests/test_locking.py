@@ -20,7 +20,8 @@ from poolmgr.dn import parse_dn
 from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import hold_account
 from poolmgr.identities import X509, key_hash
-from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest
+from poolmgr.lease_sql import INSERT_IDENTITY
+from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Identity
 from poolmgr.timeutil import utcnow
 from tests.conftest import make_settings
@@ -256,7 +257,7 @@ def test_a_blocked_first_mapping_locks_no_account_before_the_identity_key(engine
         with other.connect() as holder, ThreadPoolExecutor(1) as executor:
             tx = holder.begin()
             holder.execute(
-                _INSERT_IDENTITY,
+                INSERT_IDENTITY,
                 {
                     "v_kind": X509,
                     "v_key": dn.key,

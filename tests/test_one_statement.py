@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import event, literal, select
 
 from poolmgr import nss
+from poolmgr.candidates import quiet_end
 from poolmgr.db import UTCDateTime, unit_of_work
 from poolmgr.errors import PoolExhaustedError
-from poolmgr.leases import Mapper, MapRequest, quiet_end
+from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Event, Identity, Lease
 from poolmgr.timeutil import Duration, utcnow
 from tests.conftest import make_settings

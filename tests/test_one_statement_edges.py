@@ -21,7 +21,8 @@ from poolmgr.dn import parse_dn
 from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import IS_HELD, hold_account
 from poolmgr.identities import X509, key_hash
-from poolmgr.leases import _INSERT_IDENTITY, Mapper, MapRequest
+from poolmgr.lease_sql import INSERT_IDENTITY
+from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Event, Hold, Identity, Lease
 from poolmgr.timeutil import utcnow
 from tests.conftest import _truncate, make_settings
@@ -82,7 +83,7 @@ def _map_while_identity_pending(engine, mapper: Mapper, dn: str, meanwhile):
         with other.connect() as holder, ThreadPoolExecutor(1) as executor:
             tx = holder.begin()
             holder.execute(
-                _INSERT_IDENTITY,
+                INSERT_IDENTITY,
                 {
                     "v_kind": X509,
                     "v_key": parsed.key,
