@@ -1,13 +1,18 @@
 """Helpers that build pools and leases for tests."""
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, create_engine, func, select, update
 
 from poolmgr.db import unit_of_work
+from poolmgr.dn import parse_dn
+from poolmgr.identities import X509, key_hash
 from poolmgr.invariants import find_broken_invariants
+from poolmgr.lease_sql import INSERT_IDENTITY
 from poolmgr.leases import Mapper, Mapping, MapRequest, end_lease
 from poolmgr.models import Account, Lease
 from poolmgr.pools import PoolSpec, SyncResult, sync_pools
@@ -128,3 +133,33 @@ def general_path_only(monkeypatch: pytest.MonkeyPatch, mapper: Mapper) -> Mapper
     """Make mapper skip PostgreSQL's one-statement path; return it."""
     monkeypatch.setattr(mapper, "_map_at_once", lambda *args: None)
     return mapper
+
+
+@contextmanager
+def identity_pending(engine: Engine, dn: str) -> Iterator[None]:
+    """Hold an uncommitted identity row for dn in another transaction.
+
+    A first mapping of dn started inside the block waits at the identity's
+    unique key; the row is rolled back as the block ends, and the mapping
+    goes on. Leave the block before waiting for that mapping's result.
+    """
+    parsed = parse_dn(dn)
+    other = create_engine(engine.url)
+    try:
+        with other.connect() as holder, holder.begin() as tx:
+            holder.execute(
+                INSERT_IDENTITY,
+                {
+                    "v_kind": X509,
+                    "v_key": parsed.key,
+                    "v_key_hash": key_hash(X509, parsed.key),
+                    "v_display": parsed.slash(),
+                    "v_now": utcnow(),
+                },
+            )
+            try:
+                yield
+            finally:
+                tx.rollback()
+    finally:
+        other.dispose()

@@ -16,11 +16,8 @@ from sqlalchemy import create_engine, select, text
 
 from poolmgr import nss
 from poolmgr.db import unit_of_work
-from poolmgr.dn import parse_dn
 from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import hold_account
-from poolmgr.identities import X509, key_hash
-from poolmgr.lease_sql import INSERT_IDENTITY
 from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Identity
 from poolmgr.timeutil import utcnow
@@ -29,6 +26,7 @@ from tests.factories import (
     all_leases,
     at,
     end_open_lease,
+    identity_pending,
     invariant_violations,
     map_dn,
     pool,
@@ -249,24 +247,11 @@ def test_a_blocked_first_mapping_locks_no_account_before_the_identity_key(engine
     first mapping of Kim waits at the unique key; it must not hold tst001."""
     _servers_only(engine)
     sync(engine, site, [pool("tst", "tst", 3, "/tst")])
-    dn = parse_dn(KIM)
-    other = create_engine(engine.url)
     probe = create_engine(engine.url)
     mapper = Mapper(engine, site)
     try:
-        with other.connect() as holder, ThreadPoolExecutor(1) as executor:
-            tx = holder.begin()
-            holder.execute(
-                INSERT_IDENTITY,
-                {
-                    "v_kind": X509,
-                    "v_key": dn.key,
-                    "v_key_hash": key_hash(X509, dn.key),
-                    "v_display": dn.slash(),
-                    "v_now": utcnow(),
-                },
-            )
-            try:
+        with ThreadPoolExecutor(1) as executor:
+            with identity_pending(engine, KIM):
                 fut = executor.submit(mapper.map, MapRequest(dn=KIM, fqans=("/tst",)))
                 time.sleep(1.0)
                 waiting = not fut.done()
@@ -279,11 +264,8 @@ def test_a_blocked_first_mapping_locks_no_account_before_the_identity_key(engine
                     )
                     locked = conn.execute(free).scalars().all()
                     conn.rollback()
-            finally:
-                tx.rollback()
             result = fut.result(20)
     finally:
-        other.dispose()
         probe.dispose()
     assert waiting, "the mapping did not wait at the identity key"
     assert locked == ["tst001", "tst002", "tst003"], (

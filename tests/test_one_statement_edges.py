@@ -17,11 +17,8 @@ from sqlalchemy import create_engine, event, select, text, update
 
 from poolmgr import nss
 from poolmgr.db import unit_of_work
-from poolmgr.dn import parse_dn
 from poolmgr.errors import ContentionError, PoolExhaustedError
 from poolmgr.holds import IS_HELD, hold_account
-from poolmgr.identities import X509, key_hash
-from poolmgr.lease_sql import INSERT_IDENTITY
 from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Event, Hold, Identity, Lease
 from poolmgr.timeutil import utcnow
@@ -32,6 +29,7 @@ from tests.factories import (
     count_rows,
     end_open_lease,
     general_path_only,
+    identity_pending,
     invariant_violations,
     map_dn,
     pool,
@@ -73,34 +71,18 @@ def _wait_until_blocked(probe, database: str, seconds: float = 5.0) -> bool:
 
 
 def _map_while_identity_pending(engine, mapper: Mapper, dn: str, meanwhile):
-    """Hold an uncommitted identity row for dn in another transaction, start
-    mapping dn (it waits at the unique key), run meanwhile(), then roll the
-    other transaction back. Returns (whether it waited, the mapping)."""
-    parsed = parse_dn(dn)
-    other = create_engine(engine.url)
+    """Start mapping dn while another transaction holds an uncommitted
+    identity for it, run meanwhile() once the mapping waits, then let it go
+    on. Returns (whether it waited, the mapping)."""
     probe = create_engine(engine.url)
     try:
-        with other.connect() as holder, ThreadPoolExecutor(1) as executor:
-            tx = holder.begin()
-            holder.execute(
-                INSERT_IDENTITY,
-                {
-                    "v_kind": X509,
-                    "v_key": parsed.key,
-                    "v_key_hash": key_hash(X509, parsed.key),
-                    "v_display": parsed.slash(),
-                    "v_now": utcnow(),
-                },
-            )
-            try:
+        with ThreadPoolExecutor(1) as executor:
+            with identity_pending(engine, dn):
                 future = executor.submit(mapper.map, MapRequest(dn=dn, fqans=("/tst",)))
                 waited = _wait_until_blocked(probe, engine.url.database)
                 meanwhile()
-            finally:
-                tx.rollback()
             return waited, future.result(20)
     finally:
-        other.dispose()
         probe.dispose()
 
 
