@@ -10,8 +10,9 @@ first_uid + n, so a pool owns the uid block first_uid .. first_uid + 10**digits 
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from poolmgr import events, nss
@@ -347,11 +348,10 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
         account = accounts[number]
         if number <= target or account.state == "retired":
             continue
-        if account.state != "free":
+        if account.state != "free" or not _retire(session, account, now):
             # Leased, or out of service until its cleanup succeeds.
             kept.append(account.name)
             continue
-        account.state, account.retired_at = "retired", now
         retired.append(account.name)
 
     for kind, names in (
@@ -366,6 +366,20 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
             f"pool {pool.name}: {len(kept)} surplus account(s) in use or being "
             f"cleaned are kept until they are free: {_span(kept)}"
         )
+
+
+def _retire(session: Session, account: Account, now: datetime) -> bool:
+    """Retire account if it is still free; False when a mapping leased it
+    after it was read (its row is tested as it is now, not as read)."""
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account.id, Account.state == "free")
+        .values(state="retired", retired_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    retired = cast(CursorResult[Any], result).rowcount
+    session.expire(account, ["state", "retired_at"])
+    return bool(retired)
 
 
 def _new_account(pool: Pool, number: int) -> Account:
