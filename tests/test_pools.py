@@ -4,15 +4,18 @@ import pytest
 from sqlalchemy import select
 
 from poolmgr import nss
+from poolmgr import pools as pools_module
 from poolmgr.db import unit_of_work
 from poolmgr.errors import ConflictError, PoolExhaustedError
 from poolmgr.models import Account, Pool, PoolRule
+from poolmgr.pools import sync_pools
 from poolmgr.routing import Router
 from poolmgr.views import pool_summaries
 from tests.conftest import make_settings
-from tests.factories import all_leases, map_dn, pool, sync
+from tests.factories import all_leases, at, invariant_violations, map_dn, pool, sync
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
+KIM = "/DC=org/DC=example/CN=Kim Sample"
 
 
 def accounts(engine, pool_name: str) -> dict[str, str]:
@@ -261,3 +264,36 @@ class TestNss:
             "dteam003, ...): create them, or set check_nss: false."
         )
         assert all_leases(engine) == [], "no lease row is left behind"
+
+
+def test_shrinking_a_pool_keeps_an_account_leased_while_it_was_read(
+    pg, site, monkeypatch
+):
+    """A sync that shrinks tst to one account has read tst002 as free when
+    Kim's mapping leases tst002 and commits. The sync must keep tst002
+    (leased) instead of retiring it under Kim's open lease. PostgreSQL
+    only: elsewhere the lease insert waits for the sync's pool row."""
+    engine = pg
+    sync(engine, site, [pool("tst", "tst", 2, "/tst")])
+    map_dn(engine, site, JANE, "/tst")
+    original = pools_module._resize
+
+    def read_then_map(session, pool_row, now, result):
+        # As _resize reads them; held here so the session keeps these rows.
+        read = session.scalars(
+            select(Account).where(Account.pool_id == pool_row.id)
+        ).all()
+        assert map_dn(engine, site, KIM, "/tst").account == "tst002"
+        original(session, pool_row, now, result)
+        assert read
+
+    monkeypatch.setattr(pools_module, "_resize", read_then_map)
+    with unit_of_work(engine) as session:
+        result = sync_pools(
+            session, site, [pool("tst", "tst", 1, "/tst")], at("2025-01-01T00:00:00Z")
+        )
+    with unit_of_work(engine, write=False) as session:
+        state = session.scalar(select(Account.state).where(Account.name == "tst002"))
+    assert state == "leased", f"expected tst002 kept for Kim's lease, got {state}"
+    assert any("tst002" in warning for warning in result.warnings)
+    assert invariant_violations(engine) == []
