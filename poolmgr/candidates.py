@@ -54,6 +54,7 @@ _ACCOUNT_COLUMNS = (
     Account.number,
     Account.last_used_at,
     Account.quiet_waived_at,
+    Account.free_since,
 )
 
 

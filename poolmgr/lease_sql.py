@@ -196,7 +196,7 @@ class LeaseStatements:
             holder.label("identity_id"),
             *(
                 func.coalesce(first.c[name], second.c[name]).label(name)
-                for name in ("id", "name", "uid")
+                for name in ("id", "name", "uid", "free_since")
             ),
         ).select_from(driver.outerjoin(first, true()).outerjoin(second, true()))
         if not new_person:
@@ -208,9 +208,16 @@ class LeaseStatements:
 
 
 def _write_lease(chosen: Any) -> Select:
-    """Lease the account in CTE chosen (identity_id, id, name, uid) and log it."""
+    """Lease the account in CTE chosen (identity_id, id, name, uid, free_since)
+    and log it; the lease starts at v_now, or when the account became free if
+    that is later (as _start_lease in leases.py)."""
+    start = func.greatest(
+        v_param("now", UTCDateTime()), chosen.c.free_since, type_=UTCDateTime()
+    )
     lease = {
         **_LEASE_VALUES,
+        "started_at": start,
+        "last_used_at": start,
         "identity_id": chosen.c.identity_id,
         "account_id": chosen.c.id,
         "open_account_id": chosen.c.id,
@@ -229,6 +236,7 @@ def _write_lease(chosen: Any) -> Select:
     )
     event = {
         **_EVENT_VALUES,
+        "at": start,
         "account": chosen.c.name,
         "identity_id": chosen.c.identity_id,
         "lease_id": new_lease.c.id,
@@ -247,6 +255,7 @@ def _write_lease(chosen: Any) -> Select:
             chosen.c.identity_id,
             chosen.c.name,
             chosen.c.uid,
+            start.label("started_at"),
         )
         .select_from(new_lease.join(chosen, true()))
         .add_cte(leased, logged)

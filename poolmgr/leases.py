@@ -315,7 +315,7 @@ class Mapper:
         held = _Held(
             started.lease_id,
             route.pool_id,
-            now,
+            started.started_at,
             started.name,
             started.uid,
             route.pool,
@@ -613,8 +613,12 @@ def _start_lease(
 
     On PostgreSQL the lease, the account's new state and the event are one
     statement, saving the round trips of separate ones; elsewhere they are
-    separate statements in the same transaction.
+    separate statements in the same transaction. The lease starts at now,
+    or when the account became free if that is later: a mapping that began
+    before recycling or an override freed the account, or that runs on a
+    host whose clock is behind, still starts after the previous lease ended.
     """
+    start = max(now, account.free_since or now)
     row, logged = events.prepare(
         "lease_started",
         pool=route.pool,
@@ -624,14 +628,14 @@ def _start_lease(
         lease_id=None,
         fqan=fqan,
         rule=route.rule.text,
-        at=now,
+        at=start,
     )
     values = {
         "v_account_id": account.id,
         "v_identity_id": person.id,
         "v_pool_id": route.pool_id,
         "v_fqan": fqan,
-        "v_now": now,
+        "v_now": start,
     }
     if conn.dialect.name == "postgresql":
         values |= {
@@ -650,7 +654,7 @@ def _start_lease(
     return _Held(
         lease_id,
         route.pool_id,
-        now,
+        start,
         account.name,
         account.uid,
         route.pool,

@@ -1,5 +1,7 @@
 """The lease engine: stable leases, pool choice, exhaustion, last use."""
 
+from datetime import timedelta
+
 import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
@@ -12,12 +14,15 @@ from poolmgr.errors import (
     NoPoolMatchError,
     PoolExhaustedError,
 )
+from poolmgr.history import verify_history
+from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Event, Identity
 from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
     at,
     end_open_lease,
+    general_path_only,
     invariant_violations,
     map_dn,
     open_leases,
@@ -498,3 +503,34 @@ def test_accounts_nss_does_not_resolve_are_passed_over_for_the_next(
     )
     assert len(all_leases(engine)) == (2 if known else 1)
     assert invariant_violations(engine) == []
+
+
+@pytest.mark.parametrize("path", ["as the backend writes it", "general"])
+@pytest.mark.parametrize("waive", [False, True], ids=["recycled", "override"])
+def test_a_lease_never_starts_before_the_account_became_free(
+    engine, site, monkeypatch, path, waive
+):
+    """A mapping that began at t0, before recycling or an override freed the
+    account at t0 + 0.4 s, starts its lease when the account became free:
+    the account's history shows the two leases one after the other."""
+    t0 = at("2026-03-02T10:00:00Z")
+    freed = t0 + timedelta(milliseconds=400)
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    map_dn(engine, site, JANE, "/tst", now=t0 - timedelta(days=400))
+    end_open_lease(engine, "tst001", freed, waive=waive)
+    mapper = Mapper(engine, site)
+    if path == "general":
+        general_path_only(monkeypatch, mapper)
+
+    assert mapper.map(MapRequest(dn=KIM, fqans=("/tst",)), now=t0).account == "tst001"
+    kim = max(all_leases(engine), key=lambda lease: lease.id)
+    assert (kim.started_at, kim.last_used_at) == (freed, freed), (
+        f"expected Kim's lease to start at {freed}, when tst001 became free; "
+        f"it started at {kim.started_at}"
+    )
+    with unit_of_work(engine, write=False) as session:
+        started = session.scalars(
+            select(Event.at).where(Event.kind == "lease_started").order_by(Event.id)
+        ).all()
+        assert started[-1] == freed
+        assert verify_history(session, site.quiet).violations == []
