@@ -298,10 +298,12 @@ class Recycler:
         The lease is read again under lock: a mapping since the plan was made
         may have refreshed its last use, and then a periodic run leaves it.
         An override (its reason given) ends it regardless and waives the
-        quiet period.
+        quiet period. The account is locked before the lease, in the order
+        a hold takes them, so a hold placed meanwhile waits instead of
+        deadlocking.
         """
         with unit_of_work(self.engine) as session:
-            lease = self._lock_open_lease(session, target.lease_id)
+            lease = self._lock_open_lease(session, target)
             if lease is None or recycle_blocks(session, [lease.account_id]):
                 return None
             if override is None and not is_quiet_over(
@@ -326,7 +328,15 @@ class Recycler:
         return ended
 
     def _clean(self, target: Target, now: datetime) -> Outcome:
-        """Run the cleanup command; free the account only when it succeeded."""
+        """Run the cleanup command; free the account only when it succeeded.
+
+        A hold placed since the run began keeps the account as it is: its
+        files may be evidence.
+        """
+        with unit_of_work(self.engine, write=False) as session:
+            blocked = recycle_blocks(session, [target.account_id])
+        if blocked:
+            return Outcome("blocked", target, blocked[target.account_id])
         command = self.settings.recycle.cleanup_command
         result = CommandResult(0, "")
         if command is not None:
@@ -384,11 +394,13 @@ class Recycler:
             in_use_check="ignored" if ignore_in_use else None,
         )
 
-    def _lock_open_lease(self, session: Session, lease_id: int | None) -> Lease | None:
-        stmt = select(Lease).where(Lease.id == lease_id, Lease.open_marker == 1)
+    def _lock_open_lease(self, session: Session, target: Target) -> Lease | None:
+        lease = select(Lease).where(Lease.id == target.lease_id, Lease.open_marker == 1)
         if not is_sqlite(self.engine):
-            stmt = stmt.with_for_update()
-        return session.scalars(stmt).first()
+            account = select(Account.id).where(Account.id == target.account_id)
+            session.execute(account.with_for_update())
+            lease = lease.with_for_update()
+        return session.scalars(lease).first()
 
     def _open_target(self, name: str) -> Target:
         with unit_of_work(self.engine, write=False) as session:

@@ -1,8 +1,13 @@
 """Incident holds: out of circulation, out of recycling, on record."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
+from poolmgr import recycle
 from poolmgr.bans import add_ban, dn_entry
 from poolmgr.db import unit_of_work
 from poolmgr.errors import (
@@ -14,7 +19,9 @@ from poolmgr.errors import (
 from poolmgr.holds import hold_account, list_holds, recycle_blocks, release_account
 from poolmgr.models import Account, Event
 from poolmgr.recycle import Recycler
-from tests.factories import at, map_dn, pool, sync
+from poolmgr.site_commands import CommandResult
+from tests.conftest import make_settings
+from tests.factories import at, invariant_violations, map_dn, open_leases, pool, sync
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 KIM = "/DC=org/DC=example/CN=Kim Sample"
@@ -150,3 +157,74 @@ def test_a_refused_override_names_what_blocks_it(
     with pytest.raises(PolicyError) as refused:
         Recycler(sqlite_engine, site, actor="sec").force("atlas001", "disk full")
     assert str(refused.value).endswith(step), str(refused.value)
+
+
+def test_a_hold_placed_while_recycling_ends_the_lease_waits_for_it(
+    engine, site, monkeypatch
+):
+    """Recycling has locked Jane's lease of atlas001 and is about to end it
+    when an officer holds atlas001. Both commit, one after the other: the
+    lease ends, the hold stands, and neither fails as a deadlock."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas", now=NOW - timedelta(days=400))
+    locked, go_on = threading.Event(), threading.Event()
+    original = recycle.recycle_blocks
+
+    def pause_with_the_lease_locked(session, account_ids=None):
+        if account_ids is not None:
+            locked.set()
+            go_on.wait(10)
+        return original(session, account_ids)
+
+    monkeypatch.setattr(recycle, "recycle_blocks", pause_with_the_lease_locked)
+    recycler = Recycler(engine, site, actor="cron")
+    with ThreadPoolExecutor(2) as executor:
+        recycling = executor.submit(lambda: list(recycler.run(NOW)))
+        assert locked.wait(10), "recycling never reached the lease"
+        holding = executor.submit(hold, engine, "atlas001")
+        try:
+            with pytest.raises(TimeoutError):
+                holding.result(0.5)
+        finally:
+            go_on.set()
+        outcomes = recycling.result(20)
+        assert holding.result(20)[1], "the hold was not placed"
+
+    assert [outcome.action for outcome in outcomes] == ["recycled"]
+    assert open_leases(engine) == []
+    with unit_of_work(engine, write=False) as session:
+        assert [row.account for row in list_holds(session)] == ["atlas001"]
+    assert invariant_violations(engine) == []
+
+
+def test_an_account_held_while_recycling_runs_is_not_cleaned(sqlite_engine):
+    """atlas001 and atlas002 wait for their cleanup. While the run cleans
+    atlas001, an officer holds atlas002: its cleanup must not run, since its
+    files may be evidence, and it stays out of service."""
+    site = make_settings(recycle={"cleanup_command": ["/usr/local/sbin/clean"]})
+    sync(sqlite_engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    for dn in (JANE, KIM):
+        map_dn(sqlite_engine, site, dn, "/atlas", now=NOW - timedelta(days=400))
+    failing = Recycler(
+        sqlite_engine, site, actor="cron", runner=lambda *_: CommandResult(1, "")
+    )
+    assert {o.action for o in failing.run(NOW)} == {"cleanup_failed"}
+    cleaned = []
+
+    def clean(argv, variables, timeout):
+        cleaned.append(argv[-1])
+        if argv[-1] == "atlas001":
+            hold(sqlite_engine, "atlas002")
+        return CommandResult(0, "")
+
+    outcomes = list(Recycler(sqlite_engine, site, actor="cron", runner=clean).run(NOW))
+    assert cleaned == ["atlas001"], f"expected only atlas001 cleaned, ran {cleaned}"
+    assert [(o.action, o.target.account) for o in outcomes] == [
+        ("recycled", "atlas001"),
+        ("blocked", "atlas002"),
+    ]
+    with unit_of_work(sqlite_engine, write=False) as session:
+        states = dict(session.execute(select(Account.name, Account.state)).all())
+    assert states == {"atlas001": "free", "atlas002": "cleaning"}
