@@ -8,6 +8,9 @@
   reports a command ended by SIGPIPE;
 - stdout failing otherwise (a full disk): one line, exit 1 (3, UNKNOWN,
   for ``poolmgr check``);
+- a clash with a concurrent writer (a deadlock, a serialization failure, a
+  lock timeout, a unique key taken meanwhile): its transaction was rolled
+  back; one line, exit 9, so the command can be run again;
 - anything else is a bug: logged with its traceback, exit 70.
 """
 
@@ -23,11 +26,13 @@ from types import FrameType
 from typing import Any
 
 import typer
+from sqlalchemy.exc import DBAPIError
 from typer._click import exceptions as click_errors
 from typer._click.core import Command
 
 from poolmgr.cli.state import state
-from poolmgr.errors import INTERNAL_ERROR_EXIT, PoolmgrError
+from poolmgr.db import is_conflict
+from poolmgr.errors import INTERNAL_ERROR_EXIT, ContentionError, PoolmgrError
 
 logger = logging.getLogger("poolmgr")
 
@@ -64,6 +69,8 @@ def _handle(exc: BaseException, command: Command, args: Sequence[str]) -> int:
         return _broken_pipe(exc, command, args)
     if isinstance(exc, OSError) and _is_stdout_failure(exc):
         return _stdout_failed(exc, command, args)
+    if isinstance(exc, DBAPIError) and is_conflict(exc):
+        return _clashed(exc, command, args)
     if not isinstance(exc, Exception):
         raise exc
     logger.exception("internal error")
@@ -77,6 +84,16 @@ def _handle(exc: BaseException, command: Command, args: Sequence[str]) -> int:
 def _expected(exc: Any, command: Command, args: Sequence[str]) -> int:
     typer.echo(f"poolmgr: {exc}", err=True)
     return int(exc.exit_code)
+
+
+def _clashed(exc: DBAPIError, command: Command, args: Sequence[str]) -> int:
+    logger.debug("clash with a concurrent writer: %s", exc.orig)
+    typer.echo(
+        f"{command_path(command, args)}: the change clashed with a "
+        "concurrent one and was rolled back; run the command again.",
+        err=True,
+    )
+    return ContentionError.exit_code
 
 
 def _exit(exc: Any, command: Command, args: Sequence[str]) -> int:

@@ -5,6 +5,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
+
+from poolmgr.cli import bans as cli_bans
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 SAM = "/DC=org/DC=example/CN=Sam Example (guest)"
@@ -183,3 +186,35 @@ def test_ban_sync_units_say_what_when_and_who():
     for text in (service, timer, cron):
         comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
         assert "every 10 minutes" in comments and "root" in comments, comments
+
+
+@pytest.mark.parametrize(
+    "orig, code",
+    [
+        (type("DeadlockDetected", (Exception,), {"sqlstate": "40P01"}), 9),
+        (type("SerializationFailure", (Exception,), {"sqlstate": "40001"}), 9),
+        (type("LockWaitTimeout", (Exception,), {"args": (1205, "timeout")}), 9),
+        (type("SyntaxError", (Exception,), {"sqlstate": "42601"}), 70),
+    ],
+)
+def test_a_clash_with_a_concurrent_writer_is_one_line_and_exit_9(
+    cli, monkeypatch, orig, code
+):
+    """A deadlock or serialization failure rolls the command's transaction
+    back: one line that says so, exit 9; any other database error is a bug."""
+    assert cli("sync").code == 0
+
+    def clash(*args, **kwargs):
+        raise OperationalError("INSERT INTO holds ...", {}, orig("from the server"))
+
+    monkeypatch.setattr(cli_bans, "hold_account", clash)
+    result = cli("hold", "atlas001", "--reason", "incident 7")
+    assert result.code == code, result.err
+    if code == 9:
+        assert result.err == (
+            "poolmgr hold: the change clashed with a concurrent one and was "
+            "rolled back; run the command again.\n"
+        )
+    else:
+        assert "poolmgr: internal error: OperationalError" in result.err
+    assert cli("holds").out.count("atlas001") == 0
