@@ -62,10 +62,12 @@ def hold_account(
     """
     reason = check_reason(reason)
     account = _account(session, name, lock=True)
+    # Set again under a standing hold too, which mends a flag gone astray
+    # ('poolmgr check' reports one).
+    account.held = True
     existing = _open_hold(session, account.id)
     if existing is not None:
         return existing, False
-    account.held = True
     hold = Hold(
         account_id=account.id,
         started_at=now,

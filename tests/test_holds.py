@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from poolmgr import recycle
 from poolmgr.bans import add_ban, dn_entry
@@ -71,6 +71,23 @@ def test_holding_twice_keeps_the_first_hold(sqlite_engine, site):
     assert hold(sqlite_engine, "atlas001", "second") == (first, False)
     with unit_of_work(sqlite_engine, write=False) as session:
         assert [row.reason for row in list_holds(session)] == ["first"]
+
+
+def test_holding_again_mends_a_held_flag_gone_astray(engine, site):
+    """The held flag of a held account was cleared behind poolmgr's back:
+    check reports it, and holding the account again sets it, so no mapping
+    hands the account out."""
+    sync(engine, site, [pool("atlas", "atlas", 2, "/atlas")])
+    first, _ = hold(engine, "atlas001")
+    with unit_of_work(engine) as session:
+        session.execute(update(Account).values(held=False))
+    assert invariant_violations(engine) == [
+        "account atlas001 is under a hold but not marked held"
+    ]
+
+    assert hold(engine, "atlas001") == (first, False)
+    assert invariant_violations(engine) == []
+    assert map_dn(engine, site, JANE, "/atlas").account == "atlas002"
 
 
 @pytest.mark.parametrize(
