@@ -3,6 +3,7 @@
 import platform
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,21 @@ def machine() -> list[str]:
     if versions:
         lines.append("lcmaps: " + ", ".join(versions))
     return lines
+
+
+def cpu_probe() -> float:
+    """Seconds a fixed CPU-bound loop takes here, best of three.
+
+    Printed at the start and end of a run: on a shared virtual machine the
+    speed of a core moves from hour to hour, and this shows by how much
+    between two reports, independently of poolmgr and LCMAPS.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(range(20_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _cpu() -> str:

@@ -50,6 +50,7 @@ from bench_report import (  # noqa: E402
     HISTORY_HEADER,
     MAPPING_HEADER,
     Row,
+    cpu_probe,
     history_rows,
     machine,
     mapping_rows,
@@ -140,6 +141,7 @@ def progress(text: str) -> None:
 
 _STARTED = time.monotonic()
 LOAD = [os.getloadavg()]
+PROBE = [cpu_probe()]
 
 
 @dataclass
@@ -435,7 +437,9 @@ def report(
     processes = plan.service_processes or ServiceSettings().processes
     parts.append(f"  poolmgr serve: {processes} process(es) x 8 workers")
     load = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(LOAD[0], LOAD[1], strict=True))
-    parts += [f"  load average (1/5/15 min) at start/end: {load}", ""]
+    parts.append(f"  load average (1/5/15 min) at start/end: {load}")
+    probe = "/".join(f"{seconds:.3f}" for seconds in PROBE)
+    parts += [f"  cpu probe at start/end (sum of 20,000,000 integers, s): {probe}", ""]
     parts += ["Mapping latency (ms) and throughput (mappings/s):", ""]
     parts += [table(MAPPING_HEADER, mapping_rows(rows)), ""]
     for row in rows:
@@ -475,6 +479,7 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     LOAD.append(os.getloadavg())
+    PROBE.append(cpu_probe())
     text = report(plan, rows, sync_rows, history, versions, tools)
     print(text)
     if args.json:
