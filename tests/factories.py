@@ -1,13 +1,15 @@
 """Helpers that build pools and leases for tests."""
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, update
 
+from poolmgr import leases
 from poolmgr.db import unit_of_work
 from poolmgr.dn import parse_dn
 from poolmgr.identities import X509, key_hash
@@ -163,3 +165,20 @@ def identity_pending(engine: Engine, dn: str) -> Iterator[None]:
                 tx.rollback()
     finally:
         other.dispose()
+
+
+def after_the_read(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[], object]
+) -> None:
+    """Run change() once, just after the next mapping has read the person
+    (before it decides or writes anything)."""
+    original = leases._read_person
+    pending = [change]
+
+    def read_then_change(conn: Any, dn: Any) -> Any:
+        rows = original(conn, dn)
+        if pending:
+            pending.pop()()
+        return rows
+
+    monkeypatch.setattr(leases, "_read_person", read_then_change)

@@ -12,7 +12,13 @@ import pytest
 
 from poolmgr.errors import PoolExhaustedError
 from poolmgr.leases import Mapper, MapRequest
-from tests.factories import all_leases, invariant_violations, pool, sync
+from tests.factories import (
+    after_the_read,
+    all_leases,
+    invariant_violations,
+    pool,
+    sync,
+)
 
 
 def _hammer(mapper: Mapper, dns: list[str], fqan: str = "/tst") -> list[object]:
@@ -108,22 +114,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # make that read stale on purpose, right after it.
 
 
-def _after_the_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
-    """Run change once, just after the next mapping has read the person."""
-    import poolmgr.leases as leases
-
-    original = leases._read_person
-    pending = [change]
-
-    def read_then_change(conn, dn):
-        rows = original(conn, dn)
-        if pending:
-            pending.pop()()
-        return rows
-
-    monkeypatch.setattr(leases, "_read_person", read_then_change)
-
-
 def test_a_lease_ended_after_the_read_is_not_touched_and_a_new_one_starts(
     engine, site, monkeypatch
 ):
@@ -144,7 +134,7 @@ def test_a_lease_ended_after_the_read_is_not_touched_and_a_new_one_starts(
             lease = session.get(Lease, first.lease_id)
             end_lease(session, lease, reason="test", actor="test", now=utcnow())
 
-    _after_the_read(monkeypatch, end_it)
+    after_the_read(monkeypatch, end_it)
     again = Mapper(engine, site).map(MapRequest(dn=dn, fqans=("/tst",)))
 
     leases = all_leases(engine)
@@ -164,7 +154,7 @@ def test_a_person_created_after_the_read_is_found_on_retry(engine, site, monkeyp
     def map_elsewhere() -> None:
         other.map(MapRequest(dn=dn, fqans=("/tst",)))
 
-    _after_the_read(monkeypatch, map_elsewhere)
+    after_the_read(monkeypatch, map_elsewhere)
     result = Mapper(engine, site).map(MapRequest(dn=dn, fqans=("/tst",)))
 
     (lease,) = all_leases(engine)

@@ -24,6 +24,7 @@ from poolmgr.models import Account, Event, Hold, Identity, Lease
 from poolmgr.timeutil import utcnow
 from tests.conftest import _truncate, make_settings
 from tests.factories import (
+    after_the_read,
     all_leases,
     at,
     count_rows,
@@ -341,22 +342,6 @@ def test_the_one_statement_picks_the_account_the_general_path_picks(
 # Changes that land between the read and the one statement.
 
 
-def _after_the_read(monkeypatch, change) -> None:
-    """Run change() once, right after a mapping's read (before any write)."""
-    import poolmgr.leases as leases
-
-    original = leases._seen_in
-    pending = [change]
-
-    def seen_then_change(rows, choice):
-        seen = original(rows, choice)
-        if pending:
-            pending.pop()()
-        return seen
-
-    monkeypatch.setattr(leases, "_seen_in", seen_then_change)
-
-
 def _lease_events(engine, pool_name: str) -> list[str]:
     with unit_of_work(engine, write=False) as session:
         return list(
@@ -385,7 +370,7 @@ def test_a_lease_ended_between_read_and_write(engine, monkeypatch, waive):
         general = general_path_only(monkeypatch, Mapper(engine, site))
         general.map(MapRequest(dn=JANE, fqans=("/tst",)), now)
 
-    _after_the_read(monkeypatch, end_and_take)
+    after_the_read(monkeypatch, end_and_take)
     mapper = Mapper(engine, site)
     if waive:
         with pytest.raises(PoolExhaustedError):
@@ -411,7 +396,7 @@ def test_the_same_person_leased_elsewhere_between_read_and_write(
     sync(engine, site, [pool("tst", "tst", 3, "/tst"), pool("oth", "oth", 1, "/oth")])
     if who == "known":
         map_dn(engine, site, KIM, "/oth")
-    _after_the_read(
+    after_the_read(
         monkeypatch,
         lambda: general_path_only(monkeypatch, Mapper(engine, site)).map(
             MapRequest(dn=KIM, fqans=("/tst",))
