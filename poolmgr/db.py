@@ -400,6 +400,7 @@ def is_unavailable(exc: DBAPIError) -> bool:
 
 
 _MYSQL_CONFLICTS = {1205, 1213}
+_MYSQL_DUPLICATES = {1062, 1586}
 
 
 def is_conflict(exc: DBAPIError) -> bool:
@@ -407,10 +408,12 @@ def is_conflict(exc: DBAPIError) -> bool:
 
     A unique-constraint violation, a serialization failure, a deadlock or a
     lock timeout means another transaction got there first; the same unit of
-    work run again sees its result.
+    work run again sees its result. Other integrity errors (a NULL, a check
+    or a foreign key refused, a guard trigger on SQLite) come out the same
+    on every run: they are bugs, not clashes.
     """
     if isinstance(exc, IntegrityError):
-        return True
+        return is_unique_violation(exc)
     orig = exc.orig
     if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
         return True
@@ -418,6 +421,22 @@ def is_conflict(exc: DBAPIError) -> bool:
     if args and args[0] in _MYSQL_CONFLICTS:
         return True
     return "database is locked" in str(orig)
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Return whether exc is a unique key already taken (by another writer)."""
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        return getattr(orig, "sqlstate", None) == "23505"
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _MYSQL_DUPLICATES
+    return "UNIQUE constraint failed" in str(orig)
+
+
+def is_not_null_violation(exc: DBAPIError) -> bool:
+    """Return whether exc (PostgreSQL) is a NULL refused by a NOT NULL column."""
+    return getattr(exc.orig, "sqlstate", None) == "23502"
 
 
 def _unavailable(engine: Engine, exc: Exception) -> DatabaseUnavailableError:

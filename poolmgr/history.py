@@ -10,16 +10,17 @@ period that no override allowed.
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import CursorResult, Row, select
 from sqlalchemy.orm import Session
 
 from poolmgr import events
 from poolmgr.dn import parse_subject
 from poolmgr.errors import BadInputError, NoLeaseError, NotFoundError
 from poolmgr.identities import find_identity
+from poolmgr.lease_sql import TOUCH_OPEN_LEASE
 from poolmgr.models import Account, Identity, Lease, Pool
 from poolmgr.recycle import OVERRIDE
 from poolmgr.timeutil import Duration, as_utc, format_time
@@ -126,12 +127,14 @@ def touch_account(session: Session, name: str, now: datetime) -> TouchResult:
         raise NoLeaseError(f"Account {name!r} has no open lease to record a use on.")
 
     changed = lease.last_used_at < now
-    session.execute(
-        update(Lease)
-        .where(Lease.id == lease.id, Lease.last_used_at < now)
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
+    # Guarded: recycling or an override may have ended the lease since it
+    # was read, and an ended lease is never changed.
+    touched = session.execute(
+        TOUCH_OPEN_LEASE.execution_options(synchronize_session=False),
+        {"lease_id": lease.id, "now": now},
     )
+    if not cast(CursorResult[Any], touched).rowcount:
+        raise NoLeaseError(f"Account {name!r} has no open lease to record a use on.")
     identity = session.get(Identity, lease.identity_id)
     dn = identity.display if identity else ""
     events.queue_log(

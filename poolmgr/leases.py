@@ -35,7 +35,7 @@ from poolmgr import events, nss
 from poolmgr.banguard import BanGuard
 from poolmgr.bans import VERSION
 from poolmgr.candidates import Busy, Candidates
-from poolmgr.db import is_conflict, reading, unit_of_work
+from poolmgr.db import is_conflict, is_not_null_violation, reading, unit_of_work
 from poolmgr.dn import DistinguishedName, parse_dn
 from poolmgr.errors import (
     ContentionError,
@@ -298,10 +298,11 @@ class Mapper:
             else:
                 started = conn.execute(statement, params).first()
         except DBAPIError as exc:
-            if not is_conflict(exc):
+            if not (is_conflict(exc) or is_not_null_violation(exc)):
                 raise
             # A concurrent caller got there first, or (for a new person) no
-            # account was left to lock after all: nothing was written.
+            # account was left to lock after all, and the lease's account is
+            # NULL: nothing was written.
             logger.debug("one-statement lease refused: %s", exc.orig)
             raise _Retry("a concurrent change") from exc
         if started is None:

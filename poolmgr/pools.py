@@ -370,7 +370,15 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
 
 def _retire(session: Session, account: Account, now: datetime) -> bool:
     """Retire account if it is still free; False when a mapping leased it
-    after it was read (its row is tested as it is now, not as read)."""
+    after it was read (its row is tested as it is now, not as read), or is
+    leasing it now."""
+    # A mapping that has locked the account waits, on MariaDB, for the pool
+    # row this sync has changed before it writes its lease: waiting for the
+    # account here would close the circle, so a locked account is kept.
+    free = select(Account.id).where(Account.id == account.id, Account.state == "free")
+    if session.execute(free.with_for_update(skip_locked=True)).first() is None:
+        session.expire(account, ["state"])
+        return False
     result = session.execute(
         update(Account)
         .where(Account.id == account.id, Account.state == "free")

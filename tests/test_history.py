@@ -3,6 +3,7 @@
 from datetime import UTC, timedelta
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
 from poolmgr.db import unit_of_work
@@ -296,3 +297,34 @@ def test_history_check_streams_on_every_backend(engine, site):
     assert violation.started_at == at("2023-05-01T00:00:00Z")
     assert violation.quiet_until == at("2023-03-01T00:00:00Z") + timedelta(days=183)
     assert check.leases_checked == 2
+
+
+def test_touch_racing_an_override_that_ends_the_lease_says_there_is_none(
+    engine, site, request
+):
+    """touch has read Jane's open lease of atlas001 when an override ends
+    it and commits. The touch must refuse as for an account without an
+    open lease, not try to change the ended lease (which the database
+    refuses) and fail as an internal error."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas", now=at("2025-01-01T08:00:00Z"))
+    overridden = []
+
+    def override_first(conn, cursor, statement, parameters, context, many):
+        if statement.startswith("UPDATE leases") and not overridden:
+            overridden.append(True)
+            Recycler(engine, site, actor="admin1").force(
+                "atlas001", "disk full", now=at("2025-01-02T12:00:00Z")
+            )
+
+    sa_event.listen(engine, "before_cursor_execute", override_first)
+    request.addfinalizer(
+        lambda: sa_event.remove(engine, "before_cursor_execute", override_first)
+    )
+    with unit_of_work(engine) as session, pytest.raises(NoLeaseError, match="atlas"):
+        touch_account(session, "atlas001", at("2025-01-03T00:00:00Z"))
+    with unit_of_work(engine, write=False) as session:
+        lease = session.scalars(select(Lease)).one()
+    assert lease.last_used_at == at("2025-01-01T08:00:00Z")

@@ -1,18 +1,31 @@
 """Sync: pools and accounts follow the VO cards, leased accounts are safe."""
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import select
 
-from poolmgr import nss
+from poolmgr import leases, nss
 from poolmgr import pools as pools_module
 from poolmgr.db import unit_of_work
 from poolmgr.errors import ConflictError, PoolExhaustedError
+from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Pool, PoolRule
 from poolmgr.pools import sync_pools
 from poolmgr.routing import Router
 from poolmgr.views import pool_summaries
 from tests.conftest import make_settings
-from tests.factories import all_leases, at, invariant_violations, map_dn, pool, sync
+from tests.factories import (
+    all_leases,
+    at,
+    general_path_only,
+    invariant_violations,
+    map_dn,
+    pool,
+    sync,
+)
 
 JANE = "/DC=org/DC=example/CN=Jane Roe"
 KIM = "/DC=org/DC=example/CN=Kim Sample"
@@ -296,4 +309,51 @@ def test_shrinking_a_pool_keeps_an_account_leased_while_it_was_read(
         state = session.scalar(select(Account.state).where(Account.name == "tst002"))
     assert state == "leased", f"expected tst002 kept for Kim's lease, got {state}"
     assert any("tst002" in warning for warning in result.warnings)
+    assert invariant_violations(engine) == []
+
+
+def test_shrinking_a_pool_while_a_mapping_leases_a_surplus_account_does_not_deadlock(
+    engine, site, monkeypatch
+):
+    """Kim's mapping has locked tst002, the last free account, and is about
+    to write its lease when a sync that shrinks tst to one account updates
+    the pool's row and comes to retire tst002. Both must commit, one after
+    the other (Kim keeps tst002, the sync keeps it as a surplus account in
+    use), instead of one failing as a deadlock: on MariaDB the lease insert
+    waits for the pool row the sync has changed."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    sync(engine, site, [pool("tst", "tst", 2, "/tst")])
+    map_dn(engine, site, JANE, "/tst")
+    locked, go_on, resizing = threading.Event(), threading.Event(), threading.Event()
+    start_lease, resize = leases._start_lease, pools_module._resize
+
+    def pause_with_the_account_locked(*args, **kwargs):
+        locked.set()
+        go_on.wait(10)
+        return start_lease(*args, **kwargs)
+
+    def resize_then_let_the_mapping_go_on(*args, **kwargs):
+        resizing.set()
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(leases, "_start_lease", pause_with_the_account_locked)
+    monkeypatch.setattr(leases, "MAX_ATTEMPTS", 1)
+    monkeypatch.setattr(pools_module, "_resize", resize_then_let_the_mapping_go_on)
+    mapper = general_path_only(monkeypatch, Mapper(engine, site))
+    kim = MapRequest(dn=KIM, fqans=("/tst",))
+    with ThreadPoolExecutor(2) as executor:
+        mapping = executor.submit(mapper.map, kim)
+        assert locked.wait(10), "the mapping never locked an account"
+        syncing = executor.submit(sync, engine, site, [pool("tst", "tst", 1, "/tst")])
+        try:
+            assert resizing.wait(10), "the sync never came to resize the pool"
+            time.sleep(0.3)  # the sync's pool row is updated, its retire waits
+        finally:
+            go_on.set()
+        assert mapping.result(20).account == "tst002"
+        result = syncing.result(20)
+
+    assert any("tst002" in warning for warning in result.warnings), result.warnings
+    assert accounts(engine, "tst") == {"tst001": "leased", "tst002": "leased"}
     assert invariant_violations(engine) == []

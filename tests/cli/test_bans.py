@@ -2,10 +2,13 @@
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
+import psycopg
+import pymysql
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from poolmgr.cli import bans as cli_bans
 
@@ -218,3 +221,44 @@ def test_a_clash_with_a_concurrent_writer_is_one_line_and_exit_9(
     else:
         assert "poolmgr: internal error: OperationalError" in result.err
     assert cli("holds").out.count("atlas001") == 0
+
+
+@pytest.mark.parametrize(
+    "orig, code",
+    [
+        (psycopg.errors.UniqueViolation("duplicate key value"), 9),
+        (pymysql.err.IntegrityError(1062, "Duplicate entry '1'"), 9),
+        (sqlite3.IntegrityError("UNIQUE constraint failed: holds.id"), 9),
+        (psycopg.errors.NotNullViolation("null value in column"), 70),
+        (psycopg.errors.CheckViolation("violates check constraint"), 70),
+        (pymysql.err.IntegrityError(1048, "Column 'reason' cannot be null"), 70),
+        (sqlite3.IntegrityError("CHECK constraint failed: open_state"), 70),
+        (sqlite3.IntegrityError("lease is frozen"), 70),
+    ],
+    ids=[
+        "pg-unique",
+        "mariadb-unique",
+        "sqlite-unique",
+        "pg-not-null",
+        "pg-check",
+        "mariadb-not-null",
+        "sqlite-check",
+        "sqlite-guard-trigger",
+    ],
+)
+def test_only_a_unique_key_taken_meanwhile_counts_as_a_clash(
+    cli, monkeypatch, orig, code
+):
+    """A unique key taken by another writer clears on a rerun; a NULL, a
+    check or a guard trigger refused fails the same way every time, so it
+    is reported as the internal error it is, not as a clash to rerun."""
+    assert cli("sync").code == 0
+
+    def refused(*args, **kwargs):
+        raise IntegrityError("INSERT INTO holds ...", {}, orig)
+
+    monkeypatch.setattr(cli_bans, "hold_account", refused)
+    result = cli("hold", "atlas001", "--reason", "incident 7")
+    assert result.code == code, result.err
+    if code == 70:
+        assert "poolmgr: internal error: IntegrityError" in result.err
