@@ -12,8 +12,8 @@ that window (60 s by default), far below any quiet period.
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -234,9 +234,10 @@ class Mapper:
         if held is not None:
             if held.display_lossy:
                 return None
-            touched = conn.execute(
-                TOUCH_OPEN_LEASE, {"lease_id": held.lease_id, "now": now}
-            ).rowcount
+            with _retried_on_clash():
+                touched = conn.execute(
+                    TOUCH_OPEN_LEASE, {"lease_id": held.lease_id, "now": now}
+                ).rowcount
             if not touched:
                 raise _Retry("the lease ended while it was being used")
             return self._result(
@@ -292,19 +293,11 @@ class Mapper:
         else:
             params |= {"v_identity_id": person.id}
         statement = self.statements.lease(new_person=person is None)
-        try:
+        with _retried_on_clash():
             if self.settings.check_nss:
                 started = _lease_if_resolvable(conn, statement, params)
             else:
                 started = conn.execute(statement, params).first()
-        except DBAPIError as exc:
-            if not (is_conflict(exc) or is_not_null_violation(exc)):
-                raise
-            # A concurrent caller got there first, or (for a new person) no
-            # account was left to lock after all, and the lease's account is
-            # NULL: nothing was written.
-            logger.debug("one-statement lease refused: %s", exc.orig)
-            raise _Retry("a concurrent change") from exc
         if started is None:
             return None
         logged |= {
@@ -458,6 +451,24 @@ class Mapper:
             lease_id=held.lease_id,
             new=new,
         )
+
+
+@contextmanager
+def _retried_on_clash() -> Iterator[None]:
+    """Turn a clash in a statement of the one-statement path into _Retry.
+
+    Each such statement commits alone, so a refused one wrote nothing: a
+    concurrent caller got there first, a lock wait ran into the server's
+    lock_timeout, or (a new person's lease) no account was left to lock
+    after all and the lease's account is NULL.
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        if not (is_conflict(exc) or is_not_null_violation(exc)):
+            raise
+        logger.debug("one-statement write refused: %s", exc.orig)
+        raise _Retry("a concurrent change") from exc
 
 
 def _lease_if_resolvable(

@@ -7,12 +7,13 @@ nothing behind for the general path to trip over.
 """
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event, literal, select
+from sqlalchemy import create_engine, event, literal, select, text
 
 from poolmgr import nss
 from poolmgr.candidates import quiet_end
@@ -274,3 +275,25 @@ def test_sql_quiet_end_is_the_calendar_arithmetic_of_the_python_check(pg, parts,
     assert got.replace(tzinfo=UTC) == quiet.after(start), (
         f"{start.isoformat()} + {text!r}: PostgreSQL {got}, Python {quiet.after(start)}"
     )
+
+
+def test_a_lock_timeout_recording_last_use_is_retried_not_raised(pg, site):
+    """With a server lock_timeout, recording Jane's use waits for a lease
+    row another transaction has locked and times out; the mapping retries
+    and succeeds once the lock is gone, as every other clash is retried."""
+    sync(pg, site, [pool("tst", "tst", 2, "/tst")])
+    map_dn(pg, site, JANE, "/tst", now=utcnow() - timedelta(hours=1))
+    impatient = create_engine(pg.url, connect_args={"options": "-c lock_timeout=50"})
+    holder = create_engine(pg.url)
+    try:
+        with holder.connect() as conn, conn.begin():
+            conn.execute(text("SELECT id FROM leases FOR UPDATE"))
+            timer = threading.Timer(0.3, conn.rollback)
+            timer.start()
+            mapping = Mapper(impatient, site).map(MapRequest(dn=JANE, fqans=("/tst",)))
+            timer.join()
+    finally:
+        impatient.dispose()
+        holder.dispose()
+    assert mapping.account == "tst001"
+    assert invariant_violations(pg) == []
