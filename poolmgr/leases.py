@@ -721,8 +721,11 @@ def end_lease(
 
     The account keeps the lease's last use, so its quiet period keeps
     running; waive_quiet (an override) records that the quiet period was
-    ended early on purpose. Last use itself is never changed here.
+    ended early on purpose. Last use itself is never changed here. A lease
+    never ends before it started or was last used, whatever the clock of
+    the host that ends it says.
     """
+    now = max(now, lease.started_at, lease.last_used_at)
     account = session.get(Account, lease.account_id)
     assert account is not None and lease.ended_at is None
     lease.ended_at, lease.end_reason = now, reason

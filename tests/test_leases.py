@@ -17,6 +17,7 @@ from poolmgr.errors import (
 from poolmgr.history import verify_history
 from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Event, Identity
+from poolmgr.recycle import Recycler
 from tests.conftest import make_settings
 from tests.factories import (
     all_leases,
@@ -534,3 +535,26 @@ def test_a_lease_never_starts_before_the_account_became_free(
         ).all()
         assert started[-1] == freed
         assert verify_history(session, site.quiet).violations == []
+
+
+@pytest.mark.parametrize("waive", [False, True], ids=["recycled", "override"])
+def test_a_lease_never_ends_before_it_started(engine, site, waive):
+    """A host whose clock is ahead mapped Jane at t0 + 1 h; a host whose
+    clock is behind ends the lease at t0. It ends at t0 + 1 h, so the next
+    lease of the account follows it in the history."""
+    t0 = at("2026-03-02T10:00:00Z")
+    ahead = t0 + timedelta(hours=1)
+    sync(engine, site, [pool("tst", "tst", 1, "/tst")])
+    map_dn(engine, site, JANE, "/tst", now=ahead)
+    if waive:
+        Recycler(engine, site, actor="sec").force("tst001", "incident", now=t0)
+    else:
+        end_open_lease(engine, "tst001", t0)
+    [jane] = all_leases(engine)
+    assert jane.ended_at == ahead, f"expected the lease to end at {ahead}"
+
+    if waive:
+        assert map_dn(engine, site, KIM, "/tst", now=ahead).account == "tst001"
+    with unit_of_work(engine, write=False) as session:
+        assert verify_history(session, site.quiet).violations == []
+    assert invariant_violations(engine) == []
