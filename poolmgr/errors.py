@@ -73,6 +73,12 @@ class ContentionError(PoolmgrError):
     code = "CONTENTION"
 
 
+class RunLockedError(PoolmgrError):
+    """Another process runs the same job on this database right now."""
+
+    exit_code = 9
+
+
 class ConfigError(PoolmgrError):
     """The site configuration file is missing a value or holds a bad one."""
 

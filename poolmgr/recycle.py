@@ -24,6 +24,7 @@ checks each one exactly, so its cost and memory do not grow with history.
 import os
 import pwd
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
@@ -48,6 +49,7 @@ from poolmgr.freetext import check_actor, check_reason
 from poolmgr.holds import recycle_blocks, unblocking_steps
 from poolmgr.leases import end_lease
 from poolmgr.models import Account, Identity, Lease, Pool
+from poolmgr.runlock import exclusive
 from poolmgr.settings import Settings
 from poolmgr.site_commands import CommandResult, Runner, run_command
 from poolmgr.timeutil import Duration, format_time, utcnow
@@ -170,8 +172,14 @@ class Recycler:
         (``would_retry``, ``would_recycle``), runs no command and changes nothing.
         Accounts under an incident hold or with a frozen lease (a banned
         holder) are neither ended nor cleaned; they are reported as blocked.
+        Raises RunLockedError when another run (or an override) is under way
+        on this database, from any host.
         """
         now = now or utcnow()
+        with self._one_run(dry_run):
+            yield from self._steps(now, dry_run=dry_run)
+
+    def _steps(self, now: datetime, *, dry_run: bool) -> Iterator[Outcome]:
         with unit_of_work(self.engine, write=False) as session:
             blocks = recycle_blocks(session)
         for target in self._out_of_service():
@@ -224,10 +232,26 @@ class Recycler:
         """Do what force does, yielding the override as soon as it is committed.
 
         The override comes before the cleanup runs, so a caller that is
-        interrupted during the cleanup has already reported it.
+        interrupted during the cleanup has already reported it. Like a run,
+        an override waits for no other run: RunLockedError.
         """
         reason = check_reason(reason)
         now = now or utcnow()
+        with self._one_run(dry_run):
+            yield from self._override(account, reason, ignore_in_use, now, dry_run)
+
+    def _one_run(self, dry_run: bool) -> AbstractContextManager[None]:
+        """The database-wide recycle lock; a dry run changes nothing and needs none."""
+        return nullcontext() if dry_run else exclusive(self.engine, "recycle")
+
+    def _override(
+        self,
+        account: str,
+        reason: str,
+        ignore_in_use: bool,
+        now: datetime,
+        dry_run: bool,
+    ) -> Iterator[Outcome]:
         target = replace(self._open_target(account), reason=OVERRIDE)
         with unit_of_work(self.engine, write=False) as session:
             blocked = recycle_blocks(session, [target.account_id])

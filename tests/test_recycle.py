@@ -15,7 +15,13 @@ from sqlalchemy import select, text
 from poolmgr import db, migrate
 from poolmgr.audit import build_report
 from poolmgr.db import Base, unit_of_work
-from poolmgr.errors import BadInputError, NotFoundError, PolicyError, PoolExhaustedError
+from poolmgr.errors import (
+    BadInputError,
+    NotFoundError,
+    PolicyError,
+    PoolExhaustedError,
+    RunLockedError,
+)
 from poolmgr.gridmapdir.exporter import export_gridmapdir
 from poolmgr.history import person_history, touch_account, who_held
 from poolmgr.holds import hold_account, release_account
@@ -753,3 +759,40 @@ def test_a_held_account_is_neither_recycled_nor_cleaned(sqlite_engine):
     assert [lease.last_used_at for lease in open_leases(sqlite_engine)] == [
         at("2025-02-10T00:00:00Z")
     ]
+
+
+def test_a_second_run_or_override_waits_for_no_running_one(engine, site):
+    """While a run cleans atlas001 (its cleanup command still going), a
+    second run and an override, from any host, are refused and change
+    nothing; once the first run ends the lock is free again."""
+    settings = make_settings(recycle=COMMANDS)
+    one_account_pool(engine, settings, size=2)
+    for dn in (JANE, DREW):
+        map_dn(engine, settings, dn, "/atlas", now=at("2024-01-01T00:00:00Z"))
+    seen: list[object] = []
+
+    def cleaning(argv, variables, timeout):
+        if variables["POOLMGR_ACTION"] == "cleanup" and not seen:
+            for attempt in (
+                lambda: list(recycler(engine, settings).run(at(FEB))),
+                lambda: recycler(engine, settings).force("atlas002", REASON),
+            ):
+                with pytest.raises(RunLockedError) as refused:
+                    attempt()
+                seen.append(str(refused.value))
+        return CommandResult(
+            1 if variables["POOLMGR_ACTION"] == "in-use-check" else 0, ""
+        )
+
+    outcomes = list(recycler(engine, settings, commands=cleaning).run(at(FEB)))
+    assert [o.action for o in outcomes] == ["recycled", "recycled"]
+    assert (
+        seen
+        == [
+            "Another 'poolmgr recycle' is running on this database; this one did "
+            "nothing. Run it again once the other has finished."
+        ]
+        * 2
+    )
+    assert [o.action for o in recycler(engine, settings).run(at(FEB))] == []
+    assert invariant_violations(engine) == []

@@ -28,7 +28,8 @@ would_retry, would_override for --dry-run. Exit codes: 0 done (postponed and
 blocked accounts included); 1 a cleanup or in-use check failed (reported;
 the account stays out of service and the next run retries it); 2 bad input
 (e.g. --force without --reason, or --reason or --by without --force); 8
-database unavailable; 11 unknown account; 12 refused: in use, held, banned
+database unavailable; 9 another run or override is under way on this
+database (this one did nothing); 11 unknown account; 12 refused: in use, held, banned
 holder, or no open lease; 130 interrupted (the cleanup command is killed,
 the account stays out of service and the next run retries it)."""
 

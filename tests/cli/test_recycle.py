@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
+from poolmgr import db
+from poolmgr.runlock import exclusive
 from poolmgr.site_commands import run_command
 from tests.factories import at
 from tests.test_recycle import BOUNDARIES
@@ -535,3 +537,20 @@ def test_readme_install_creates_every_directory_it_copies_into():
             assert directory.rstrip("/") in made, f"{step!r}: no install -d first"
     assert any(step.startswith("poolmgr sync") for step in steps)
     assert any(step.startswith("poolmgr export passwd") for step in steps)
+
+
+@pytest.mark.parametrize(
+    "args", [["recycle"], ["recycle", "--force", "atlas001", "--reason", "disk"]]
+)
+def test_recycle_while_another_run_holds_the_lock_exits_9(cli, tmp_path, args):
+    assert cli("sync").code == 0
+    engine = db.get_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    with exclusive(engine, "recycle"):
+        refused = cli(*args)
+    assert (refused.code, refused.out) == (9, "")
+    assert refused.err == (
+        "poolmgr: Another 'poolmgr recycle' is running on this database; this "
+        "one did nothing. Run it again once the other has finished.\n"
+    )
+    assert cli("recycle", "--dry-run").code == 0
+    assert cli("recycle").code == 0
