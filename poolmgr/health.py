@@ -224,6 +224,15 @@ def check_pools(context: CheckContext) -> CheckResult:
     pools = session.scalars(
         select(Pool).where(Pool.retired_at.is_(None)).order_by(Pool.name)
     ).all()
+    if not pools:
+        # A database never synced, or the wrong one (a mistyped SQLite path
+        # makes a new, empty database): every mapping would fail.
+        return CheckResult(
+            "pools",
+            Status.CRITICAL,
+            "no live pool, so every mapping fails: run 'poolmgr sync', or "
+            "check that the database is the site's",
+        )
     critical, warning, exhausted, perfdata = [], [], [], []
     for pool in pools:
         total, left = provisioned.get(pool.id, 0), available.get(pool.id, 0)

@@ -24,6 +24,18 @@ def test_a_database_not_created_yet_is_critical_and_stays_absent(cli, tmp_path):
     assert not (tmp_path / "cli.db").exists()
 
 
+def test_a_database_without_pools_is_critical(cli):
+    """A site never synced, or a mistyped SQLite path that made a new empty
+    database, maps nobody: monitoring must not call that healthy."""
+    assert cli("pools").code == 0
+    result = cli("check")
+    assert result.code == 2, result.out
+    assert result.out.startswith(
+        "POOLMGR CRITICAL - no live pool, so every mapping fails: run "
+        "'poolmgr sync', or check that the database is the site's"
+    ), result.out
+
+
 def test_a_healthy_site_is_ok_and_verbose_lists_every_check(cli):
     cli("sync")
     result = cli("check", "--verbose")
