@@ -259,10 +259,15 @@ def _failures(rows: list[Row]) -> str:
     theirs = [r for r in rows if r.path == "lcmaps-gridmapdir" and r.callers > 1]
     lcmaps_failed = sum(r.new.failures for r in theirs)
     lcmaps_calls = sum(r.new.calls for r in theirs)
+    beside = (
+        f"LCMAPS gridmapdir {lcmaps_failed} of {lcmaps_calls} concurrent new "
+        "leases failed"
+        if theirs
+        else "LCMAPS gridmapdir not measured with concurrent callers"
+    )
     return (
         f"[{'met' if failed == 0 else 'MISSED'}] zero failed mappings under "
-        f"contention: poolmgr {failed} of {calls} failed; LCMAPS gridmapdir "
-        f"{lcmaps_failed} of {lcmaps_calls} concurrent new leases failed"
+        f"contention: poolmgr {failed} of {calls} failed; {beside}"
     )
 
 
