@@ -11,7 +11,14 @@ from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -92,6 +99,18 @@ def _positive_duration(value: str, what: str) -> str:
     if not period.is_positive():
         raise ValueError(f"{what} must be longer than zero")
     return value
+
+
+def _needs_unit(value: Any) -> Any:
+    """Refuse a bare number where a duration is expected: which unit?"""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"{value} has no unit; write a duration such as '6 months' or '183 days'"
+        )
+    return value
+
+
+DurationText = Annotated[str, BeforeValidator(_needs_unit)]
 
 
 class _Strict(BaseModel):
@@ -246,7 +265,7 @@ class BanSourceSettings(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     location: str
     format: Annotated[str, Field(pattern=r"^(ban-mapfile|dn-list)$")] = "ban-mapfile"
-    stale_after: str = "1 day"
+    stale_after: DurationText = "1 day"
     ca_path: str | None = None
 
     @field_validator("location")
@@ -279,7 +298,7 @@ class Settings(_Strict):
 
     database: str | None = None
     vocards: Path = Path("/etc/poolmgr/vocards")
-    quiet_period: str = "6 months"
+    quiet_period: DurationText = "6 months"
     last_use_resolution: Annotated[int, Field(ge=0, le=3600)] = 60
     any_fqan: bool = False
     check_nss: bool = True

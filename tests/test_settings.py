@@ -45,6 +45,14 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
             "quiet_period: the quiet period must be longer than zero",
         ),
         ("quiet_period: soon\n", "quiet_period: Duration 'soon' is not understood"),
+        (
+            "quiet_period: 6\n",
+            "quiet_period: 6 has no unit; write a duration such as '6 months'",
+        ),
+        (
+            "ban_sources:\n  - {name: c, location: /a, stale_after: 1.5}\n",
+            "ban_sources.0.stale_after: 1.5 has no unit",
+        ),
         ("qiet_period: 6 months\n", "qiet_period: unknown key"),
         (
             "pools:\n  atlas:\n    digits: 12\n",
@@ -87,6 +95,8 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
     ids=[
         "zero-quiet",
         "bad-duration",
+        "quiet-without-unit",
+        "stale-after-without-unit",
         "typo-key",
         "digits",
         "prefix",
