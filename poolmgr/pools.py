@@ -10,9 +10,8 @@ first_uid + n, so a pool owns the uid block first_uid .. first_uid + 10**digits 
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from poolmgr import events, nss
@@ -379,15 +378,9 @@ def _retire(session: Session, account: Account, now: datetime) -> bool:
     if session.execute(free.with_for_update(skip_locked=True)).first() is None:
         session.expire(account, ["state"])
         return False
-    result = session.execute(
-        update(Account)
-        .where(Account.id == account.id, Account.state == "free")
-        .values(state="retired", retired_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    retired = cast(CursorResult[Any], result).rowcount
-    session.expire(account, ["state", "retired_at"])
-    return bool(retired)
+    # Locked and free: no mapping can take it before this commits.
+    account.state, account.retired_at = "retired", now
+    return True
 
 
 def _new_account(pool: Pool, number: int) -> Account:
