@@ -113,6 +113,10 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
+EXTRAS = {"psycopg": "postgresql", "pymysql": "mysql"}
+"""The package extra that installs each default driver."""
+
+
 def _create_engine(url: str) -> Engine:
     problem = database_url_problem(url)
     if problem is not None:
@@ -145,7 +149,13 @@ def _create_engine(url: str) -> Engine:
             connect_args=_connect_args(backend),
             **options,
         )
-    except (ArgumentError, ImportError) as exc:
+    except ImportError as exc:
+        extra = EXTRAS.get(parsed.get_driver_name())
+        hint = f"; pip install 'poolmgr[{extra}]' installs it" if extra else ""
+        raise ConfigError(
+            f"Database URL is not usable: its driver cannot be imported ({exc}){hint}."
+        ) from None
+    except ArgumentError as exc:
         raise ConfigError(f"Database URL is not usable: {exc}") from None
     _ping_when_idle(engine)
     if mysql:

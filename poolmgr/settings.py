@@ -357,7 +357,8 @@ class Settings(_Strict):
 def load_settings(config: Path | None = None, database: str | None = None) -> Settings:
     """Read the site configuration; raise ConfigError naming file and key."""
     path, explicit = _config_path(config)
-    data = _read_yaml(path) if (explicit or path.exists()) else {}
+    read = explicit or path.exists()
+    data = _read_yaml(path) if read else {}
     url, origin = _database_override(database)
     if url is not None:
         problem = database_url_problem(url)
@@ -368,7 +369,7 @@ def load_settings(config: Path | None = None, database: str | None = None) -> Se
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc)) from None
-    return settings.model_copy(update={"source": str(path) if data else "(defaults)"})
+    return settings.model_copy(update={"source": str(path) if read else "(defaults)"})
 
 
 def _database_override(database: str | None) -> tuple[str | None, str]:

@@ -1,6 +1,7 @@
 """Engines: URLs, connection time limits, dead-peer limits, and outages."""
 
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -77,6 +78,26 @@ def test_statements_get_ten_minutes_of_server_silence():
 def test_an_engine_for_a_bad_url_is_a_config_error(url):
     with pytest.raises(ConfigError, match="^Database URL: "):
         db.get_engine(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [
+        ("postgresql://u@127.0.0.1/db", "psycopg", "postgresql"),
+        ("mysql://u@127.0.0.1/db", "pymysql", "mysql"),
+        ("mariadb+pymysql://u@127.0.0.1/db", "pymysql", "mysql"),
+    ],
+)
+def test_a_missing_driver_names_the_extra_that_installs_it(
+    monkeypatch, url, module, extra
+):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ConfigError) as raised:
+        db.get_engine(url)
+    message = str(raised.value)
+    assert message.startswith("Database URL is not usable: its driver cannot be ")
+    assert message.endswith(f"; pip install 'poolmgr[{extra}]' installs it."), message
+    assert url not in db._engines, "a refused URL must not be cached"
 
 
 SERVERS = [backend for backend in BACKENDS if backend != "sqlite"]

@@ -199,3 +199,9 @@ def test_a_bad_database_url_outside_the_file_names_its_source(
     with pytest.raises(ConfigError) as info:
         load_settings(path, option)
     assert str(info.value).startswith(f"{origin}: ")
+
+
+def test_a_database_given_outside_any_file_leaves_the_source_as_defaults():
+    settings = load_settings(database="sqlite:///elsewhere.db")
+    assert settings.database == "sqlite:///elsewhere.db"
+    assert settings.source == "(defaults)", "no file was read, so none is the source"

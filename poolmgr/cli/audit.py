@@ -98,7 +98,12 @@ def _render(report: AuditReport, report_format: ReportFormat, zone: tzinfo) -> s
 def parse_since(text: str) -> datetime:
     """Parse a date (midnight UTC) or an ISO 8601 time with a zone."""
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-        return parse_time(text.strip() + "T00:00Z")
+        try:
+            return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
+        except ValueError:
+            raise BadInputError(
+                f"Date {text.strip()!r} does not exist (e.g. 2025-03-01)."
+            ) from None
     return parse_time(text)
 
 

@@ -77,7 +77,7 @@ def sync_command(
 ) -> None:
     """Create, grow and shrink pools and accounts to match the VO cards."""
     settings = state.settings()
-    cards = load_cards(directory or settings.vocards)
+    cards = load_cards(state.vocards(directory))
     engine = state.engine(create=not dry_run)
     actor = check_actor(default_actor())
     with unit_of_work(engine) as session:

@@ -6,6 +6,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from poolmgr import db, migrate
+from poolmgr.errors import VoCardError
 from poolmgr.logs import setup_logging
 from poolmgr.settings import Settings, default_state_dir, load_settings
 
@@ -50,6 +51,26 @@ class State:
             migrate.ensure_schema(engine)
             migrate.require_current(engine)
         return engine
+
+    def vocards(self, given: Path | None) -> Path:
+        """Return the VO card file or directory given, else the configured one.
+
+        A configured path that does not exist raises VoCardError naming the
+        setting that holds it, since a typo there is the likely cause.
+        """
+        if given is not None:
+            return given
+        settings = self.settings()
+        if not settings.vocards.exists():
+            origin = (
+                f"the vocards setting of {settings.source}"
+                if settings.source != "(defaults)"
+                else "the default vocards path: no configuration file was read"
+            )
+            raise VoCardError(
+                f"{settings.vocards}: no such file or directory ({origin})."
+            )
+        return settings.vocards
 
 
 state = State()

@@ -21,7 +21,7 @@ def check_command(
     """Validate VO cards; print every problem as file:line: key: message."""
     from poolmgr.vocards import check_cards
 
-    target = path or state.settings().vocards
+    target = state.vocards(path)
     problems = check_cards(target)
     for problem in problems:
         typer.echo(problem, err=True)

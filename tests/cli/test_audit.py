@@ -141,8 +141,9 @@ def test_audit_html_is_written_atomically_to_a_file(handed_over, tmp_path):
         (["--format", "pdf"], 2, "pdf"),
         (["--output", "/nonexistent/dir/audit.txt"], 1, "Cannot write"),
         (["--since", "0001-01-01T00:00+14:00"], 2, "outside the years 1 to 9999"),
+        (["--since", "2026-13-01"], 2, "Date '2026-13-01' does not exist"),
     ],
-    ids=["bad-since", "bad-format", "unwritable", "since-overflow"],
+    ids=["bad-since", "bad-format", "unwritable", "since-overflow", "no-such-date"],
 )
 def test_audit_failures_exit_with_documented_codes(cli, args, code, message):
     cli("sync")

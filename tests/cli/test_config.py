@@ -44,3 +44,16 @@ def test_a_duplicate_key_in_a_vo_card_is_refused_with_its_line(cli, tmp_path):
     assert result.err == (
         f"poolmgr: {card}:{lines}: vo: duplicate key 'vo' (first at line 2).\n"
     )
+
+
+def test_a_mistyped_vocards_path_names_the_setting_and_its_file(cli, tmp_path):
+    edit_site(tmp_path, f"vocards: {tmp_path / 'vocards'}", "vocards: /nonexistent")
+    config = tmp_path / "poolmgr.yaml"
+    for command in (["sync"], ["vocards", "check"]):
+        result = cli(*command)
+        assert (result.code, result.err) == (
+            10,
+            "poolmgr: /nonexistent: no such file or directory (the vocards "
+            f"setting of {config}).\n",
+        ), f"poolmgr {' '.join(command)} must name the setting it read"
+    assert not (tmp_path / "cli.db").exists(), "a failed sync created the database"
