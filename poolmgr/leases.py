@@ -263,17 +263,7 @@ class Mapper:
         route = choice.routes[0]
         fqan = str(choice.fqan) if choice.fqan else None
         display = person.display if person else parsed.dn.slash()
-        row, logged = events.prepare(
-            "lease_started",
-            pool=route.pool,
-            account="",
-            identity_id=None,
-            dn=display,
-            lease_id=None,
-            fqan=fqan,
-            rule=route.rule.text,
-            at=now,
-        )
+        row, logged = _started_event(route, fqan, display, now)
         params = {
             "v_pool_id": route.pool_id,
             "cutoff": self.candidates.quiet.safe_cutoff(now),
@@ -612,6 +602,33 @@ def _person_for_lease(
     return person
 
 
+def _started_event(
+    route: Route,
+    fqan: str | None,
+    dn: str,
+    at: datetime,
+    *,
+    account: str = "",
+    identity_id: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the lease_started event row and log fields; the lease id comes later.
+
+    The one-statement path knows neither the account nor a new person's id
+    until the statement has run; it writes them into the row in SQL.
+    """
+    return events.prepare(
+        "lease_started",
+        pool=route.pool,
+        account=account,
+        identity_id=identity_id,
+        dn=dn,
+        lease_id=None,
+        fqan=fqan,
+        rule=route.rule.text,
+        at=at,
+    )
+
+
 def _start_lease(
     session: Session,
     conn: Connection,
@@ -631,16 +648,8 @@ def _start_lease(
     host whose clock is behind, still starts after the previous lease ended.
     """
     start = max(now, account.free_since or now)
-    row, logged = events.prepare(
-        "lease_started",
-        pool=route.pool,
-        account=account.name,
-        identity_id=person.id,
-        dn=person.display,
-        lease_id=None,
-        fqan=fqan,
-        rule=route.rule.text,
-        at=start,
+    row, logged = _started_event(
+        route, fqan, person.display, start, account=account.name, identity_id=person.id
     )
     values = {
         "v_account_id": account.id,
