@@ -219,6 +219,7 @@ AUDITED_EVENTS = (
     "ban_list_unreadable",
     "hold_started",
     "hold_released",
+    "hold_flag_cleared",
     "mapping_refused",
 )
 

@@ -83,11 +83,29 @@ def hold_account(
 
 def release_account(
     session: Session, name: str, *, reason: str, actor: str, now: datetime
-) -> Hold:
-    """End the hold on account name and return it; NotFoundError if none."""
+) -> Hold | None:
+    """End the hold on account name and return it; NotFoundError if none.
+
+    An account flagged held without a standing hold (only a hand edit of the
+    database leaves one so) has its flag cleared, recorded as a
+    hold_flag_cleared event, and None is returned.
+    """
     reason = check_reason(reason)
     account = _account(session, name, lock=True)
     hold = _open_hold(session, account.id)
+    if hold is None and account.held:
+        account.held = False
+        pool = session.get(Pool, account.pool_id)
+        events.record(
+            session,
+            "hold_flag_cleared",
+            at=now,
+            actor=actor,
+            pool=pool.name if pool else None,
+            account=account.name,
+            reason=reason,
+        )
+        return None
     if hold is None:
         raise NotFoundError(f"Account {name!r} is not under a hold.")
     hold.released_at, hold.released_by = now, actor

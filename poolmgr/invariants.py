@@ -80,8 +80,10 @@ def _hold_mismatches(session: Session) -> list[str]:
         .order_by(Account.name)
     )
     return [
-        f"account {name} is marked held but has no standing hold"
+        f"account {name} is marked held but has no standing hold "
+        "(poolmgr release clears the flag)"
         if held
-        else f"account {name} is under a hold but not marked held"
+        else f"account {name} is under a hold but not marked held "
+        "(poolmgr hold sets the flag again)"
         for name, held in rows
     ]

@@ -82,12 +82,47 @@ def test_holding_again_mends_a_held_flag_gone_astray(engine, site):
     with unit_of_work(engine) as session:
         session.execute(update(Account).values(held=False))
     assert invariant_violations(engine) == [
-        "account atlas001 is under a hold but not marked held"
+        "account atlas001 is under a hold but not marked held "
+        "(poolmgr hold sets the flag again)"
     ]
 
     assert hold(engine, "atlas001") == (first, False)
     assert invariant_violations(engine) == []
     assert map_dn(engine, site, JANE, "/atlas").account == "atlas002"
+
+
+def test_releasing_clears_a_held_flag_without_a_hold_and_records_it(engine, site):
+    """atlas001 was flagged held by a hand edit, with no hold behind it: no
+    mapping gets it, check reports it, and release with a reason clears the
+    flag, leaves an event, and puts the account back into circulation."""
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    with unit_of_work(engine) as session:
+        session.execute(update(Account).values(held=True))
+    assert invariant_violations(engine) == [
+        "account atlas001 is marked held but has no standing hold "
+        "(poolmgr release clears the flag)"
+    ]
+    with pytest.raises(PoolExhaustedError):
+        map_dn(engine, site, JANE, "/atlas")
+
+    with unit_of_work(engine) as session:
+        assert (
+            release_account(
+                session, "atlas001", reason="db repair", actor="sec", now=NOW
+            )
+            is None
+        )
+    assert invariant_violations(engine) == []
+    with unit_of_work(engine, write=False) as session:
+        cleared = session.scalars(
+            select(Event).where(Event.kind == "hold_flag_cleared")
+        ).all()
+        assert [(e.account, e.actor, e.reason) for e in cleared] == [
+            ("atlas001", "sec", "db repair")
+        ]
+    assert map_dn(engine, site, JANE, "/atlas").account == "atlas001"
+    with pytest.raises(NotFoundError, match="not under a hold"):
+        release(engine, "atlas001")
 
 
 @pytest.mark.parametrize(

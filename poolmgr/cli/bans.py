@@ -386,7 +386,13 @@ def release_command(
         hold = release_account(
             session, account, reason=reason or "", actor=actor, now=utcnow()
         )
-    typer.echo(f"Hold {hold.id} on account {account} released.")
+    if hold is None:
+        typer.echo(
+            f"Account {account} had no standing hold; its stray held flag is "
+            "cleared and it returns to circulation."
+        )
+    else:
+        typer.echo(f"Hold {hold.id} on account {account} released.")
 
 
 def holds_command(

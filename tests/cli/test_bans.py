@@ -159,6 +159,24 @@ def test_hold_release_and_holds(cli):
     assert cli("hold", "nobody01", "--reason", "x").code == 11
 
 
+def test_release_clears_a_stray_held_flag_and_the_audit_shows_it(cli, tmp_path):
+    cli("sync")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        conn.execute("UPDATE accounts SET held = 1 WHERE name = 'atlas001'")
+    released = cli("release", "atlas001", "--reason", "hand edit undone")
+    assert (released.code, released.out) == (
+        0,
+        "Account atlas001 had no standing hold; its stray held flag is cleared "
+        "and it returns to circulation.\n",
+    )
+    audit = cli("audit").out
+    assert any(
+        "hold_flag_cleared" in line and "hand edit undone" in line
+        for line in audit.splitlines()
+    ), f"the audit must list the cleared flag:\n{audit}"
+    assert cli("release", "atlas001", "--reason", "again").code == 11
+
+
 def test_every_ban_command_has_help(cli):
     for args in (
         ["ban"],
