@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from poolmgr import events
+from poolmgr.bans import VERSION
 from poolmgr.db import is_sqlite, unit_of_work
 from poolmgr.errors import NotFoundError, PolicyError
 from poolmgr.freetext import check_actor, check_reason
@@ -419,12 +420,20 @@ class Recycler:
         )
 
     def _lock_open_lease(self, session: Session, target: Target) -> Lease | None:
+        """Lock the account, its open lease and the bans, in that order.
+
+        The bans are locked shared: a ban added meanwhile (which locks them
+        exclusively) either commits first, and the block check that follows
+        sees it, or waits until this lease has ended.
+        """
         lease = select(Lease).where(Lease.id == target.lease_id, Lease.open_marker == 1)
-        if not is_sqlite(self.engine):
-            account = select(Account.id).where(Account.id == target.account_id)
-            session.execute(account.with_for_update())
-            lease = lease.with_for_update()
-        return session.scalars(lease).first()
+        if is_sqlite(self.engine):
+            return session.scalars(lease).first()
+        account = select(Account.id).where(Account.id == target.account_id)
+        session.execute(account.with_for_update())
+        locked = session.scalars(lease.with_for_update()).first()
+        session.execute(VERSION.with_for_update(read=True))
+        return locked
 
     def _open_target(self, name: str) -> Target:
         with unit_of_work(self.engine, write=False) as session:

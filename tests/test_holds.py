@@ -288,3 +288,52 @@ def test_an_account_held_while_recycling_runs_is_not_cleaned(sqlite_engine):
     with unit_of_work(sqlite_engine, write=False) as session:
         states = dict(session.execute(select(Account.name, Account.state)).all())
     assert states == {"atlas001": "free", "atlas002": "cleaning"}
+
+
+def test_a_ban_placed_while_recycling_ends_the_lease_waits_for_it(
+    engine, site, monkeypatch
+):
+    """Recycling has locked Jane's lease of atlas001 and checked that she is
+    not banned when an officer bans her. The ban waits for the lease to end,
+    so it freezes nothing and the history stays in order; it never commits
+    unseen while the run ends and cleans a lease it froze."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas", now=NOW - timedelta(days=400))
+    checked, go_on = threading.Event(), threading.Event()
+    original = recycle.recycle_blocks
+
+    def pause_after_the_check(session, account_ids=None):
+        blocks = original(session, account_ids)
+        if account_ids is not None and not checked.is_set():
+            checked.set()
+            go_on.wait(10)
+        return blocks
+
+    def ban_jane():
+        with unit_of_work(engine) as session:
+            add_ban(session, dn_entry(JANE), reason="incident", actor="sec", now=NOW)
+
+    monkeypatch.setattr(recycle, "recycle_blocks", pause_after_the_check)
+    recycler = Recycler(engine, site, actor="cron")
+    with ThreadPoolExecutor(2) as executor:
+        recycling = executor.submit(lambda: list(recycler.run(NOW)))
+        assert checked.wait(10), "recycling never reached the lease"
+        banning = executor.submit(ban_jane)
+        try:
+            with pytest.raises(TimeoutError):
+                banning.result(0.5)
+        finally:
+            go_on.set()
+        outcomes = recycling.result(20)
+        banning.result(20)
+
+    assert [outcome.action for outcome in outcomes] == ["recycled"]
+    with unit_of_work(engine, write=False) as session:
+        added = session.scalars(select(Event).where(Event.kind == "ban_added")).one()
+    assert "frozen_leases" not in (added.details or ""), (
+        f"the ban committed before the lease ended, yet the run ended it: "
+        f"{added.details}"
+    )
+    assert invariant_violations(engine) == []
