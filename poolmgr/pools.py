@@ -2,7 +2,8 @@
 
 ``sync_pools`` creates pools, grows them to the declared size (or the site's
 override), retires free surplus accounts when a pool shrinks (a leased
-account is never touched), and replaces the routing table. Running it twice
+account is never touched: recycling retires it once its lease has ended),
+and replaces the routing table. Running it twice
 changes nothing. Account numbers run from 1; account n of a pool has uid
 first_uid + n, so a pool owns the uid block first_uid .. first_uid + 10**digits - 1.
 """
@@ -363,7 +364,7 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
     if kept:
         result.warnings.append(
             f"pool {pool.name}: {len(kept)} surplus account(s) in use or being "
-            f"cleaned are kept until they are free: {_span(kept)}"
+            f"cleaned are kept, and retire once recycled: {_span(kept)}"
         )
 
 

@@ -366,22 +366,57 @@ class Recycler:
         result = CommandResult(0, "")
         if command is not None:
             result = self._run(command, target, "cleanup")
-        note = "retried after a failed cleanup" if target.retry else ""
+        notes = ["retried after a failed cleanup"] if target.retry else []
         with unit_of_work(self.engine) as session:
             if result.status != 0:
                 detail = f"cleanup failed: {result.describe()}"
                 self._record(session, target, "cleanup_failed", now, reason=detail)
                 return Outcome("cleanup_failed", target, detail)
+            surplus = self._surplus(session, target)
+            values: dict[str, Any] = {"state": "free"}
+            if surplus is not None:
+                values = {"state": "retired", "retired_at": now}
+                notes.append(surplus)
             freed = _changed(
                 session,
                 update(Account)
                 .where(Account.id == target.account_id, Account.state == OUT_OF_SERVICE)
-                .values(state="free"),
+                .values(values),
             )
             if not freed:
                 return Outcome("skipped", target, "no longer out of service")
-            self._record(session, target, "recycled", now, end_reason=target.reason)
-        return Outcome("recycled", target, note)
+            self._record(
+                session,
+                target,
+                "recycled",
+                now,
+                end_reason=target.reason,
+                retired=surplus,
+            )
+        return Outcome("recycled", target, "; ".join(notes))
+
+    def _surplus(self, session: Session, target: Target) -> str | None:
+        """Return why a cleaned account retires instead of going free, or None.
+
+        An account that a sync shrinking its pool kept because it was in use
+        retires once cleaned, so that it is never handed out again. The pool
+        row is locked shared, so a sync resizing the pool meanwhile commits
+        first (and this reads its size) or waits for this account's fate.
+        """
+        number, pool_id = session.execute(
+            select(Account.number, Account.pool_id).where(
+                Account.id == target.account_id
+            )
+        ).one()
+        pool = select(Pool.size, Pool.retired_at).where(Pool.id == pool_id)
+        if not is_sqlite(self.engine):
+            pool = pool.with_for_update(read=True)
+        size, retired_at = session.execute(pool).one()
+        if retired_at is not None:
+            return f"retired with its pool {target.pool}"
+        if number > size:
+            return f"retired: pool {target.pool} has shrunk to {size} account(s)"
+        return None
 
     def _record(
         self, session: Session, target: Target, kind: str, now: datetime, **fields: Any

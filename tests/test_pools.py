@@ -14,6 +14,7 @@ from poolmgr.errors import ConflictError, PoolExhaustedError
 from poolmgr.leases import Mapper, MapRequest
 from poolmgr.models import Account, Pool, PoolRule
 from poolmgr.pools import sync_pools
+from poolmgr.recycle import Recycler
 from poolmgr.routing import Router
 from poolmgr.views import pool_summaries
 from tests.conftest import make_settings
@@ -126,6 +127,56 @@ def test_retired_accounts_come_back_when_the_pool_grows(engine, site):
     result = sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
     assert [c.kind for c in result.changes] == ["pool_resized", "accounts_restored"]
     assert set(accounts(engine, "atlas").values()) == {"free"}
+
+
+def test_a_surplus_account_kept_in_use_retires_once_it_is_recycled(engine, site):
+    """The pool shrank from 3 to 1 while all three accounts were leased; the
+    sync kept atlas002 and atlas003. Recycled, they retire instead of going
+    free, so no new person gets an account beyond the pool's size; growing
+    the pool again brings them back."""
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    old = at("2024-01-01T00:00:00Z")
+    for dn in (JANE, KIM, "/DC=org/DC=example/CN=Lee"):
+        map_dn(engine, site, dn, "/atlas", now=old)
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+
+    recycler = Recycler(engine, site, actor="cron")
+    forced = recycler.force("atlas003", "disk full", now=at("2024-01-02T00:00:00Z"))
+    assert forced[-1].detail == "retired: pool atlas has shrunk to 1 account(s)"
+    outcomes = list(recycler.run(at("2025-01-01T00:00:00Z")))
+    assert [(o.action, o.target.account) for o in outcomes] == [
+        ("recycled", "atlas001"),
+        ("recycled", "atlas002"),
+    ]
+    assert accounts(engine, "atlas") == {
+        "atlas001": "free",
+        "atlas002": "retired",
+        "atlas003": "retired",
+    }
+    with pytest.raises(PoolExhaustedError):
+        for n in range(2):
+            map_dn(engine, site, f"/DC=org/DC=example/CN=New {n}", "/atlas")
+    assert invariant_violations(engine) == []
+
+    sync(engine, site, [pool("atlas", "atlas", 3, "/atlas")])
+    assert set(accounts(engine, "atlas").values()) == {"leased", "free"}
+
+
+def test_an_account_of_a_retired_pool_retires_once_it_is_recycled(engine, site):
+    sync(
+        engine,
+        site,
+        [pool("atlas", "atlas", 1, "/atlas"), pool("cms", "cms", 1, "/cms")],
+    )
+    map_dn(engine, site, JANE, "/cms", now=at("2024-01-01T00:00:00Z"))
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    outcomes = list(
+        Recycler(engine, site, actor="cron").run(at("2025-01-01T00:00:00Z"))
+    )
+    assert [(o.action, o.detail) for o in outcomes] == [
+        ("recycled", "retired with its pool cms")
+    ]
+    assert accounts(engine, "cms") == {"cms001": "retired"}
 
 
 def test_a_pool_missing_from_the_cards_is_retired_and_stops_routing(engine, site):
