@@ -23,6 +23,8 @@ from poolmgr.settings import PoolSettings, Settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIGITS = 3
+MAX_PREFIX = 24
+MAX_ACCOUNT_NAME = 32
 NAMES_PER_QUERY = 1000
 
 
@@ -141,10 +143,12 @@ def _new_pool(
     size: int,
 ) -> Pool:
     digits = site.digits or max(DEFAULT_DIGITS, len(str(size)))
+    prefix = site.prefix or spec.name
+    _check_account_names(spec.name, prefix, digits)
     pool = Pool(
         name=spec.name,
         vo=spec.vo,
-        prefix=site.prefix or spec.name,
+        prefix=prefix,
         digits=digits,
         first_uid=site.first_uid or _next_uid_block(session, settings),
         group_name=site.group or spec.name,
@@ -186,6 +190,9 @@ def _apply_site_params(
             f"or rename them ({listed}). Restore the old values in the site "
             "configuration or define a new pool."
         )
+    _check_account_names(
+        pool.name, site.prefix or pool.prefix, site.digits or pool.digits
+    )
     for key, value in differs.items():
         setattr(pool, key, value)
     result.changes.append(
@@ -195,6 +202,28 @@ def _apply_site_params(
             " ".join(f"{key}={value}" for key, value in differs.items()),
         )
     )
+
+
+def _check_account_names(pool: str, prefix: str, digits: int) -> None:
+    """Refuse a prefix and digits that make account names no system accepts.
+
+    A user name has at most 32 characters; the prefix column holds 24.
+    """
+    problem = None
+    if len(prefix) > MAX_PREFIX:
+        problem = (
+            f"its account prefix {prefix!r} is longer than {MAX_PREFIX} characters"
+        )
+    elif len(prefix) + digits > MAX_ACCOUNT_NAME:
+        problem = (
+            f"its account names ({prefix!r} and {digits} digits) would be longer "
+            f"than the {MAX_ACCOUNT_NAME} characters a user name may have"
+        )
+    if problem is not None:
+        raise ConflictError(
+            f"Sync refused, nothing changed: pool {pool}: {problem} "
+            f"(set pools.{pool}.prefix in the site configuration)."
+        )
 
 
 def _next_uid_block(session: Session, settings: Settings) -> int:

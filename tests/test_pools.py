@@ -214,6 +214,55 @@ def test_overlapping_uid_blocks_are_refused_and_nothing_changes(engine):
         assert session.scalars(select(Pool)).all() == []
 
 
+@pytest.mark.parametrize(
+    ("name", "site_pools", "problem"),
+    [
+        (
+            "abcdefghij" * 3,
+            {},
+            "its account prefix 'abcdefghijabcdefghijabcdefghij' is longer than 24 "
+            "characters",
+        ),
+        (
+            "atlas",
+            {"atlas": {"prefix": "a" * 24, "digits": 9}},
+            f"its account names ('{'a' * 24}' and 9 digits) would be longer than "
+            "the 32 characters a user name may have",
+        ),
+    ],
+    ids=["long-pool-name", "long-prefix-and-digits"],
+)
+def test_account_names_longer_than_a_user_name_may_be_are_refused(
+    engine, name, site_pools, problem
+):
+    settings = make_settings(pools=site_pools)
+    with pytest.raises(ConflictError) as refused:
+        sync(
+            engine, settings, [pool("cms", "cms", 1, "/cms"), pool(name, "x", 2, "/x")]
+        )
+    assert str(refused.value) == (
+        f"Sync refused, nothing changed: pool {name}: {problem} "
+        f"(set pools.{name}.prefix in the site configuration)."
+    )
+    with unit_of_work(engine, write=False) as session:
+        assert session.scalars(select(Pool)).all() == [], "a refused sync wrote pools"
+
+
+def test_a_prefix_of_24_and_8_digits_makes_names_of_32(engine):
+    settings = make_settings(pools={"atlas": {"prefix": "a" * 24, "digits": 8}})
+    sync(engine, settings, [pool("atlas", "atlas", 1, "/atlas")])
+    assert accounts(engine, "atlas") == {"a" * 24 + "00000001": "free"}
+
+
+def test_changing_a_pool_to_names_too_long_is_refused_before_it_has_accounts(engine):
+    sync(engine, make_settings(), [pool("atlas", "atlas", 0, "/atlas")])
+    settings = make_settings(pools={"atlas": {"prefix": "a" * 24, "digits": 9}})
+    with pytest.raises(ConflictError, match="would be longer than the 32"):
+        sync(engine, settings, [pool("atlas", "atlas", 1, "/atlas")])
+    with unit_of_work(engine, write=False) as session:
+        assert session.scalars(select(Pool.prefix)).all() == ["atlas"]
+
+
 @pytest.mark.parametrize("per_query", [1, 2, 1000], ids=["1", "2", "1000"])
 def test_account_names_of_another_pool_are_refused_across_query_slices(
     engine, monkeypatch, per_query
