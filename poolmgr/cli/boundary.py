@@ -11,6 +11,8 @@
 - a clash with a concurrent writer (a deadlock, a serialization failure, a
   lock timeout, a unique key taken meanwhile): its transaction was rolled
   back; one line, exit 9, so the command can be run again;
+- an argument holding bytes that are not UTF-8: one line, exit 2, before
+  the command runs;
 - anything else is a bug: logged with its traceback, exit 70.
 """
 
@@ -32,6 +34,7 @@ from typer._click.core import Command
 
 from poolmgr.cli.state import state
 from poolmgr.db import is_conflict
+from poolmgr.dn import is_valid_utf8, quote_input
 from poolmgr.errors import INTERNAL_ERROR_EXIT, ContentionError, PoolmgrError
 
 logger = logging.getLogger("poolmgr")
@@ -52,6 +55,7 @@ def run_guarded(command: Command, args: Sequence[str]) -> int:
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
     try:
+        _refuse_bytes_that_are_not_utf8(args)
         with _terminate_as_interrupt():
             with command.make_context("poolmgr", list(args)) as ctx:
                 status = command.invoke(ctx)
@@ -59,6 +63,19 @@ def run_guarded(command: Command, args: Sequence[str]) -> int:
     except BaseException as exc:  # noqa: BLE001  (the boundary)
         return _handle(exc, command, args)
     return status if isinstance(status, int) else 0
+
+
+def _refuse_bytes_that_are_not_utf8(args: Sequence[str]) -> None:
+    """Refuse an argument holding bytes that are not UTF-8, before any command.
+
+    Every name, DN, reason and path poolmgr stores or looks up is text;
+    such bytes reach Python as lone surrogates that no database accepts.
+    """
+    for arg in args:
+        if not is_valid_utf8(arg):
+            raise click_errors.UsageError(
+                f"Argument {quote_input(arg)} is not valid UTF-8."
+            )
 
 
 def _handle(exc: BaseException, command: Command, args: Sequence[str]) -> int:

@@ -195,6 +195,38 @@ def test_every_reason_and_actor_refuses_control_characters(cli, name, text):
     assert cli("show", "atlas001").out.count("leased") == 1, "nothing changed"
 
 
+NOT_UTF8 = "atlas001\udcff"
+NOT_UTF8_ARGUMENTS = {
+    "touch": (["touch", NOT_UTF8], r"'atlas001\xff'"),
+    "show": (["show", NOT_UTF8], r"'atlas001\xff'"),
+    "who": (["who", NOT_UTF8], r"'atlas001\xff'"),
+    "hold": (["hold", NOT_UTF8, "--reason", "incident"], r"'atlas001\xff'"),
+    "release": (["release", NOT_UTF8, "--reason", "closed"], r"'atlas001\xff'"),
+    "recycle": (["recycle", "--force", NOT_UTF8, "--reason", "x"], r"'atlas001\xff'"),
+    "leases": (["leases", "--account", NOT_UTF8], r"'atlas001\xff'"),
+    "map": (["map", "/DC=org/CN=J\udcc3", "--fqan", "/atlas"], r"'/DC=org/CN=J\xc3'"),
+    "ban": (["ban", JANE, "--reason", "bad \udcfe byte"], r"'bad \xfe byte'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"), NOT_UTF8_ARGUMENTS.values(), ids=NOT_UTF8_ARGUMENTS
+)
+def test_an_argument_that_is_not_utf8_is_one_line_and_exit_2(cli, args, shown):
+    """Bytes that are not UTF-8 arrive as lone surrogates; whatever the
+    argument, the command refuses them before touching the database."""
+    cli("sync")
+    cli("map", JANE, "--fqan", "/atlas")
+    before = cli("leases", "--json").out
+    result = cli(*args)
+    assert (result.code, result.out) == (2, ""), result.err
+    assert result.err == (
+        f"poolmgr {args[0]}: Argument {shown} is not valid UTF-8. "
+        f"See 'poolmgr {args[0]} --help'.\n"
+    )
+    assert cli("leases", "--json").out == before, "a refused command changed leases"
+
+
 # Each failure with its exit code; the code must be in the command's --help.
 DOCUMENTED_FAILURES = {
     "release-no-reason": (["release", "atlas001"], 2),
