@@ -23,6 +23,7 @@ _UNITS = {
     "minute": "minutes",
     "second": "seconds",
 }
+MAX_YEARS = 100
 _PART = re.compile(r"(\d{1,6})\s*([a-z]+?)s?\b")
 
 
@@ -94,7 +95,21 @@ class Duration:
                     f"Duration {text[:80]!r} has unknown unit {unit!r}."
                 )
             fields[name] = fields.get(name, 0) + int(amount)
-        return cls(text=text.strip(), delta=relativedelta(**fields).normalized())
+        duration = cls(text=text.strip(), delta=relativedelta(**fields).normalized())
+        if not duration._within_a_century():
+            raise BadInputError(
+                f"Duration {text[:80]!r} is longer than {MAX_YEARS} years."
+            )
+        return duration
+
+    def _within_a_century(self) -> bool:
+        # Times run from year 1 to 9999; a duration of at most a century can
+        # be added to or taken from any time poolmgr records.
+        probe = datetime(2001, 1, 1, tzinfo=UTC)
+        try:
+            return probe + self.delta <= probe.replace(year=2001 + MAX_YEARS)
+        except (OverflowError, ValueError):
+            return False
 
     @classmethod
     def parse_positive(cls, text: str, what: str) -> "Duration":

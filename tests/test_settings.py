@@ -46,6 +46,10 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
         ),
         ("quiet_period: soon\n", "quiet_period: Duration 'soon' is not understood"),
         (
+            "quiet_period: 2100 years\n",
+            "quiet_period: Duration '2100 years' is longer than 100 years",
+        ),
+        (
             "quiet_period: 6\n",
             "quiet_period: 6 has no unit; write a duration such as '6 months'",
         ),
@@ -95,6 +99,7 @@ def test_config_file_then_environment_then_option(tmp_path, monkeypatch):
     ids=[
         "zero-quiet",
         "bad-duration",
+        "quiet-over-a-century",
         "quiet-without-unit",
         "stale-after-without-unit",
         "typo-key",

@@ -39,6 +39,29 @@ def test_bad_durations_are_rejected(text):
         Duration.parse(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [
+        ("100 years", True),
+        ("1200 months", True),
+        ("100 years 1 day", False),
+        ("36524 days", True),
+        ("36525 days", False),
+        ("2100 years", False),
+        ("999999 weeks", False),
+    ],
+)
+def test_a_duration_is_at_most_a_century(text, accepted):
+    """Any time poolmgr records, from year 1 to 9999, can take a century
+    either way; a longer quiet period would overflow the recycle cutoff."""
+    if accepted:
+        period = Duration.parse(text)
+        assert period.safe_cutoff(parse_time("2026-01-01T00:00Z")).year >= 1925
+        return
+    with pytest.raises(BadInputError, match="is longer than 100 years"):
+        Duration.parse(text)
+
+
 def test_times_need_a_zone_and_come_back_in_utc():
     assert (
         format_time(parse_time("2025-03-01T16:00:00+02:00")) == "2025-03-01T14:00:00Z"
