@@ -394,7 +394,7 @@ def is_unavailable(exc: DBAPIError) -> bool:
     Errors raised by the database on purpose (a trigger refusing a change,
     a constraint) are not outages and are not reported as one.
     """
-    if exc.connection_invalidated:
+    if exc.connection_invalidated or is_denied(exc):
         return True
     if not isinstance(exc, OperationalError):
         return False
@@ -407,6 +407,24 @@ def is_unavailable(exc: DBAPIError) -> bool:
         return args[0] in _MYSQL_UNAVAILABLE
     message = str(orig).lower()
     return any(part in message for part in _SQLITE_UNAVAILABLE)
+
+
+_PG_DENIED = "42501"
+_MYSQL_DENIED = {1044, 1142, 1143, 1227, 1370}
+
+
+def is_denied(exc: DBAPIError) -> bool:
+    """Return whether exc is the server refusing the user a privilege.
+
+    A grant is missing (a read-only user asked to write, a table not granted):
+    the database cannot be used for this command until an administrator
+    grants it, which no retry changes.
+    """
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == _PG_DENIED:
+        return True
+    code = next(iter(getattr(orig, "args", ())), None)
+    return isinstance(code, int) and code in _MYSQL_DENIED
 
 
 _MYSQL_CONFLICTS = {1205, 1213}
@@ -456,6 +474,11 @@ def _unavailable(engine: Engine, exc: Exception) -> DatabaseUnavailableError:
         return _no_directory(database, missing)
     detail = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0][:200]
     where = engine.url.render_as_string(hide_password=True)
+    if isinstance(exc, DBAPIError) and is_denied(exc):
+        user = engine.url.username or "its user"
+        return DatabaseUnavailableError(
+            f"Database {where} refused {user} a privilege this command needs: {detail}."
+        )
     return DatabaseUnavailableError(f"Database {where} is unavailable: {detail}")
 
 

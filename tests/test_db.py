@@ -3,15 +3,18 @@
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from poolmgr import db
 from poolmgr.cli import main
 from poolmgr.errors import ConfigError, DatabaseUnavailableError
-from tests.conftest import BACKENDS, _server_engine
+from tests.conftest import BACKENDS, _server_engine, make_settings
+from tests.factories import open_leases, pool, sync
 
 
 @pytest.fixture
@@ -157,3 +160,52 @@ def test_server_transactions_are_read_committed(engine):
     query, expected = queries[engine.dialect.name]
     with db.unit_of_work(engine) as session:
         assert session.execute(text(query)).scalar_one() == expected
+
+
+@contextmanager
+def read_only_user(engine: Engine) -> Iterator[str]:
+    """Yield the URL of a new server user that may only read the database."""
+    name = f"pm_ro_{uuid.uuid4().hex[:8]}"
+    database = engine.url.database
+    if engine.dialect.name == "postgresql":
+        grant = [
+            f"CREATE ROLE {name} LOGIN",
+            f"GRANT CONNECT ON DATABASE {database} TO {name}",
+            f"GRANT USAGE ON SCHEMA public TO {name}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {name}",
+        ]
+        revoke = [f"DROP OWNED BY {name}", f"DROP ROLE {name}"]
+    else:
+        grant = [
+            f"CREATE USER '{name}'@'%'",
+            f"GRANT SELECT ON {database}.* TO '{name}'@'%'",
+        ]
+        revoke = [f"DROP USER '{name}'@'%'"]
+    with engine.begin() as conn:
+        for statement in grant:
+            conn.execute(text(statement))
+    url = engine.url.set(username=name, password=None)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        db.get_engine(url.render_as_string(hide_password=False)).dispose()
+        with engine.begin() as conn:
+            for statement in revoke:
+                conn.execute(text(statement))
+
+
+def test_a_missing_grant_is_one_line_and_exit_8(engine, capsys):
+    """A user granted only SELECT (as for the Nagios probe) asked to map:
+    the server's refusal is named, not reported as a bug."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no users or grants")
+    sync(engine, make_settings(), [pool("atlas", "atlas", 2, "/atlas")])
+    with read_only_user(engine) as url:
+        capsys.readouterr()
+        code = main(["--database", url, "map", "/DC=org/CN=Jane", "--fqan", "/atlas"])
+        err = capsys.readouterr().err
+    assert code == 8, err
+    assert err.count("\n") == 1, f"expected one line, got {err!r}"
+    assert " refused pm_ro_" in err and "a privilege this command needs: " in err
+    assert "denied" in err, err
+    assert open_leases(engine) == []
