@@ -6,10 +6,11 @@ domain functions receive the session and never commit.
 """
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +265,20 @@ def is_absent_sqlite_file(url: str) -> bool:
     ):
         return False
     return not Path(parsed.database or "").expanduser().exists()
+
+
+def create_sqlite_file(url: str) -> None:
+    """Create url's SQLite file, mode 0640, if it does not exist yet.
+
+    SQLite would create it with the process umask (world-readable with the
+    usual 022); its WAL and shared-memory files take the database file's
+    mode. A missing directory is left for the first connection to report.
+    """
+    if not is_absent_sqlite_file(url):
+        return
+    path = Path(make_url(url).database or "").expanduser()
+    with suppress(FileExistsError, FileNotFoundError, NotADirectoryError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
 
 def empty_engine() -> Engine:

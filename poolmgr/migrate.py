@@ -90,6 +90,12 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(config, revision)
 
 
+def head_revision() -> str:
+    """Return the newest revision this poolmgr's migrations reach."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return script.get_current_head() or ""
+
+
 def status(engine: Engine) -> SchemaStatus:
     """Return the database's revision, the newest one available, and whether
     the database's revision is one of poolmgr's."""

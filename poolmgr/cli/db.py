@@ -5,7 +5,7 @@ from sqlalchemy import Engine
 
 from poolmgr import migrate
 from poolmgr.cli.state import state
-from poolmgr.db import ping
+from poolmgr.db import is_absent_sqlite_file, ping, require_sqlite_directory
 from poolmgr.errors import DatabaseUnavailableError
 
 app = typer.Typer(help="Create, upgrade and inspect the database schema.")
@@ -30,6 +30,15 @@ def upgrade_command() -> None:
 @app.command("status")
 def status_command() -> None:
     """Show the database URL, its schema revision and the newest one."""
+    url = state.settings().database_url()
+    if is_absent_sqlite_file(url):
+        # Asking must not create the file: a mistyped path would leave one.
+        require_sqlite_directory(url)
+        typer.echo(f"database: {url}")
+        typer.echo("revision: none (no such file)")
+        typer.echo(f"head:     {migrate.head_revision()}")
+        typer.echo("state:    not created yet (the first command that uses it does)")
+        return
     engine = state.engine(migrate_sqlite=False)
     ping(engine)
     status = migrate.status(engine)
@@ -56,6 +65,10 @@ def _where(engine: Engine) -> str:
 @app.command("check")
 def check_command() -> None:
     """Verify that the schema is at head and matches the models exactly."""
+    url = state.settings().database_url()
+    if is_absent_sqlite_file(url):
+        require_sqlite_directory(url)
+        raise DatabaseUnavailableError(f"Database {url} does not exist.")
     engine = state.engine(migrate_sqlite=False)
     ping(engine)
     migrate.require_current(engine)

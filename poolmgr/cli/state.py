@@ -44,7 +44,9 @@ class State:
                 db.require_sqlite_directory(url)
             return db.empty_engine()
         if settings.database is None:
-            default_state_dir().mkdir(parents=True, exist_ok=True)
+            # The lease history names persons: only its owner and group read it.
+            default_state_dir().mkdir(mode=0o750, parents=True, exist_ok=True)
+        db.create_sqlite_file(url)
         engine = db.get_engine(url)
         db.ping(engine)
         if migrate_sqlite:

@@ -1,6 +1,8 @@
 """The database a command works on: its URL, its file, its schema revision."""
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ from alembic.script import ScriptDirectory
 
 from poolmgr import migrate
 from poolmgr.cli import main
+from poolmgr.settings import default_state_dir
 
 DEAD = "0000dead"
 
@@ -119,6 +122,47 @@ def test_a_dry_run_import_does_not_create_the_database(cli, tmp_path, kind, text
     source.write_text(text)
     result = cli("import", kind, str(source), "--dry-run")
     assert list(tmp_path.glob("cli.db*")) == [], f"a dry run created it: {result}"
+
+
+def test_db_status_and_check_do_not_create_the_database(cli, tmp_path):
+    status = cli("db", "status")
+    assert (status.code, status.err) == (0, ""), status.err
+    assert status.out.splitlines()[1:] == [
+        "revision: none (no such file)",
+        f"head:     {migrate.head_revision()}",
+        "state:    not created yet (the first command that uses it does)",
+    ]
+    checked = cli("db", "check")
+    assert checked.code == 8
+    assert checked.err == (
+        f"poolmgr: Database sqlite:///{tmp_path / 'cli.db'} does not exist.\n"
+    )
+    assert list(tmp_path.glob("cli.db*")) == [], "asking created the database"
+
+
+def test_the_default_database_is_readable_by_owner_and_group_only(
+    tmp_path, capsys, monkeypatch
+):
+    """With no configuration at all, the first command creates the state
+    directory and the database; neither may let other users read the DNs."""
+    old = os.umask(0o022)
+    try:
+        assert main(["pools"]) == 0, capsys.readouterr().err
+    finally:
+        os.umask(old)
+    directory = default_state_dir()
+    assert directory.is_relative_to(tmp_path), f"the test escaped to {directory}"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+    assert stat.S_IMODE((directory / "poolmgr.db").stat().st_mode) == 0o640
+
+
+def test_a_new_sqlite_file_at_a_configured_path_is_mode_0640(cli, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert cli("sync").code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "cli.db").stat().st_mode) == 0o640
 
 
 @pytest.fixture
