@@ -1,6 +1,7 @@
 """Running the site's own commands (cleanup, in-use check): argv, never a shell.
 
-A command runs in a session of its own with a clean environment, so that a
+A command runs in a session of its own with a clean environment (the system
+PATH, LC_ALL=C and its POOLMGR_* variables), so that a
 timeout, or an interruption of poolmgr, kills it together with every process
 it started, and nothing of
 poolmgr's environment (a database URL with a password, say) leaks into it.
@@ -41,8 +42,13 @@ Runner = Callable[[Sequence[str], Mapping[str, str], int], CommandResult]
 def run_command(
     argv: Sequence[str], variables: Mapping[str, str], timeout: int
 ) -> CommandResult:
-    """Run argv with PATH, LC_ALL=C and variables as its whole environment."""
-    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "LC_ALL": "C"}
+    """Run argv with the system PATH, LC_ALL=C and variables as its whole
+    environment.
+
+    The PATH is fixed, not inherited: a command run as root by a timer or
+    a crontab finds the same programs whatever PATH that caller had.
+    """
+    env = {"PATH": DEFAULT_PATH, "LC_ALL": "C"}
     env.update({key: value.replace("\0", "") for key, value in variables.items()})
     with tempfile.TemporaryFile() as output:
         try:

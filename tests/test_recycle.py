@@ -29,7 +29,7 @@ from poolmgr.logs import setup_logging
 from poolmgr.models import Account, Event, Lease
 from poolmgr.provisioning import ExportOptions, export_text
 from poolmgr.recycle import Recycler, _due_batch, default_actor
-from poolmgr.site_commands import CommandResult
+from poolmgr.site_commands import DEFAULT_PATH, CommandResult
 from poolmgr.timeutil import utcnow
 from poolmgr.views import account_detail
 from tests.conftest import make_settings
@@ -259,6 +259,7 @@ def test_cleanup_gets_the_account_and_lease_details_only(
     sqlite_engine, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("POOLMGR_DATABASE_URL", "postgresql://u:secret@db/poolmgr")
+    monkeypatch.setenv("PATH", f"/home/someone/bin:{os.environ['PATH']}")
     record = tmp_path / "seen.json"
     script = tmp_path / "clean.py"
     script.write_text(
@@ -293,6 +294,9 @@ def test_cleanup_gets_the_account_and_lease_details_only(
         "POOLMGR_REASON": "quiet_period",
     }
     assert set(seen["env"]) - set(poolmgr_vars) <= {"PATH", "LC_ALL", "LC_CTYPE"}
+    assert (seen["env"]["PATH"], seen["env"]["LC_ALL"]) == (DEFAULT_PATH, "C"), (
+        "the PATH of a command run as root must not come from its caller"
+    )
 
 
 def test_a_hanging_cleanup_is_killed_with_its_children(sqlite_engine, tmp_path):

@@ -7,10 +7,11 @@
 #
 # The arguments before the account name are the scratch areas whose files of
 # the account are deleted (default: /tmp /var/tmp). Give them there: poolmgr
-# runs its commands with a clean environment (PATH, LC_ALL and the POOLMGR_*
-# variables only), so nothing set in the environment of cron or systemd
-# reaches this script. A scratch area left out keeps the previous holder's
-# files for the next person who gets the account.
+# runs its commands with a clean environment (the system PATH, LC_ALL and the
+# POOLMGR_* variables only), so nothing set in the environment of cron or
+# systemd reaches this script. A scratch area left out keeps the previous
+# holder's files for the next person who gets the account; one that does not
+# exist on this host (a typo) fails the cleanup, so it is noticed.
 #
 # poolmgr appends the account name as the last argument and describes the
 # ended lease in POOLMGR_ACCOUNT, POOLMGR_UID, POOLMGR_POOL, POOLMGR_DN,
@@ -50,6 +51,7 @@ for area in "${scratch[@]}"; do
         /*) ;;
         *) fail "scratch area '$area' is not an absolute path" ;;
     esac
+    [ -d "$area" ] || fail "scratch area '$area' is not a directory"
 done
 
 # Never touch anything unless the account is what poolmgr says it is.
@@ -84,8 +86,9 @@ fi
 
 # Scratch: every file the uid owns, on those file systems only.
 for area in "${scratch[@]}"; do
-    [ -d "$area" ] || continue
     run find "$area" -xdev -depth -user "$uid" -delete
 done
 
-echo "cleanup-account: $account (uid $uid, lease ${POOLMGR_LEASE_ID:-?}) cleaned"
+done_word=cleaned
+[ "$dry_run" != 1 ] || done_word="would be cleaned (dry run)"
+echo "cleanup-account: $account (uid $uid, lease ${POOLMGR_LEASE_ID:-?}) $done_word"
