@@ -180,8 +180,12 @@ def test_groups_are_only_looked_up_when_the_uid_is_not_enough():
 def test_unknown_service_group_is_a_config_error():
     from poolmgr.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="no-such-group-x"):
+    with pytest.raises(ConfigError) as refused:
         access_policy("no-such-group-x")
+    assert str(refused.value) == (
+        "Service group 'no-such-group-x' does not exist: create it (groupadd "
+        "--system no-such-group-x) or set service.group to a group that does."
+    )
 
 
 # The socket file.

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 def pools_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List pools: accounts leased, free, resting, held, cleaning, retired.
+    """List pools: accounts leased, free, quiet, held, cleaning, retired.
 
     Each account is counted once: LEASED counts every open lease, held or
     not; FREE the free accounts a newcomer could get now; QUIET free ones
@@ -100,7 +100,7 @@ def card_specs(cards: list[VoCard]) -> list[PoolSpec]:
 
 def _report(result: SyncResult, dry_run: bool) -> None:
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"poolmgr: warning: {warning}", err=True)
     if not result.changes:
         typer.echo("Nothing to change.")
         return

@@ -84,7 +84,7 @@ def export_command(
     with unit_of_work(state.engine(), write=False) as session:
         text, warnings = export_text(session, kind.value, options, types)
     for warning in warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"poolmgr: warning: {warning}", err=True)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -96,8 +96,8 @@ def _card_types(settings: Settings) -> dict[str, str | None]:
         cards = load_cards(settings.vocards)
     except VoCardError:
         typer.echo(
-            f"warning: VO cards in {settings.vocards} cannot be read; pools that "
-            "were not imported get an empty flag",
+            f"poolmgr: warning: VO cards in {settings.vocards} cannot be read; "
+            "pools that were not imported get an empty flag",
             err=True,
         )
         return {}
@@ -109,7 +109,9 @@ def import_command(
     file: Annotated[Path, typer.Argument(help="The YAIM file to read.")],
     vocards_out: Annotated[
         Path | None,
-        typer.Option(help="Where groups.conf writes VO cards (default: vocards)."),
+        typer.Option(
+            help="Where groups.conf writes VO cards (default: the vocards setting)."
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace VO cards that already exist.")
@@ -137,7 +139,7 @@ def import_command(
 
 def _report(report: ImportReport, dry_run: bool) -> None:
     for warning in report.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"poolmgr: warning: {warning}", err=True)
     verb = "Would create" if dry_run else "Created"
     if report.pools:
         count = sum(len(plan.accounts) for plan in report.pools)

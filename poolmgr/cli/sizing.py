@@ -87,8 +87,8 @@ def _cards(path: Path) -> list[VoCard]:
         return load_cards(path)
     except VoCardError:
         typer.echo(
-            f"warning: VO cards in {path} cannot be read; pool types and gLExec "
-            "demand are left out (run 'poolmgr vocards check')",
+            f"poolmgr: warning: VO cards in {path} cannot be read; pool types and "
+            "gLExec demand are left out (run 'poolmgr vocards check')",
             err=True,
         )
         return []

@@ -57,7 +57,10 @@ def access_policy(group: str | None) -> AccessPolicy:
     try:
         return AccessPolicy(uids, grp.getgrnam(group).gr_gid)
     except KeyError:
-        raise ConfigError(f"Service group {group!r} does not exist.") from None
+        raise ConfigError(
+            f"Service group {group!r} does not exist: create it (groupadd --system "
+            f"{group}) or set service.group to a group that does."
+        ) from None
 
 
 def peer_of(conn: socket.socket) -> Peer:

@@ -27,8 +27,8 @@ def test_export_to_a_file_prints_nothing_and_warns_on_shared_flags(cli, tmp_path
     result = cli("export", "users.conf", "--output", str(target))
     assert (result.code, result.out) == (0, "")
     assert result.err == (
-        "warning: pools atlas, atlasprd of VO atlas share the flag ''; YAIM treats "
-        "accounts with one VO and flag as one pool.\n"
+        "poolmgr: warning: pools atlas, atlasprd of VO atlas share the flag ''; "
+        "YAIM treats accounts with one VO and flag as one pool.\n"
     )
     assert target.read_text().splitlines()[0] == (
         "100001:atlasprd001:100000:atlasprd:atlas::"
