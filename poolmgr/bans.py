@@ -95,8 +95,12 @@ def source_origin(name: str) -> str:
 
 
 def dn_entry(text: str) -> BanEntry:
-    """Return the literal DN ban for text (any DN form); BadInputError."""
-    return BanEntry(DN, text, read_ban_dn(text).key)
+    """Return the literal DN ban for text (any DN form); BadInputError.
+
+    The entry is kept in the canonical slash form every report shows.
+    """
+    dn = read_ban_dn(text)
+    return BanEntry(DN, dn.slash(), dn.key)
 
 
 def read_ban_dn(text: str) -> DistinguishedName:
