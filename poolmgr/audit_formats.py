@@ -7,7 +7,8 @@ The CSV is one table with a ``section`` column; the other columns are
 filled as each section needs:
 
 - ``summary``: text = item (generated_at, since, quiet_period,
-  leases_checked, violations), time or count = its value;
+  leases_checked, violations), time, count or value = its value (the
+  quiet period, a duration, in value);
 - ``pool``: pool, text = measure (size, leased, free, out_of_service,
   retired), count;
 - ``idle``: text = bucket of time since last use, count = open leases;
@@ -50,6 +51,7 @@ CSV_COLUMNS = (
     "actor",
     "text",
     "count",
+    "value",
 )
 
 
@@ -222,7 +224,7 @@ def _csv_rows(report: AuditReport) -> Iterable[dict[str, Any]]:
     yield from (
         _csv("summary", text="generated_at", time=report.generated_at),
         _csv("summary", text="since", time=report.since),
-        _csv("summary", text="quiet_period", until=report.quiet_period),
+        _csv("summary", text="quiet_period", value=report.quiet_period),
         _csv("summary", text="leases_checked", count=report.history.leases_checked),
         _csv("summary", text="violations", count=len(report.history.violations)),
     )

@@ -207,6 +207,12 @@ def test_csv_report_is_one_table_with_a_section_column(report):
     )
     leased = next(r for r in rows if r["pool"] == "atlas" and r["text"] == "leased")
     assert leased["count"] == "5"
+    quiet = next(r for r in rows if r["text"] == "quiet_period")
+    assert (quiet["section"], quiet["value"], quiet["until"]) == (
+        "summary",
+        "6 months",
+        "",
+    ), "a duration is not a time: it goes in the value column"
 
 
 class _Collector(HTMLParser):
