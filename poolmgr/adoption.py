@@ -238,6 +238,9 @@ def _database_conflicts(
         for plan in plans
         if plan.name in names
     ]
+    # A pool imported before collides account by account with itself: its
+    # one line above says all, and the checks below look at the new pools.
+    plans = [plan for plan in plans if plan.name not in names]
     for plan in plans:
         problems += [f"{plan.where}: {text}" for text in _site_settings(settings, plan)]
     problems += _account_collisions(session, plans)

@@ -283,6 +283,27 @@ def test_numbering_problems_are_named(sqlite_engine, site, tmp_path, logins, exp
     assert expected in str(info.value)
 
 
+def test_importing_the_same_file_again_names_each_pool_once(
+    sqlite_engine, site, tmp_path
+):
+    """A second run of an import that succeeded says, one line a pool, that
+    the pools are managed already, not once for every account and uid."""
+    lines = "".join(
+        f"{50000 + n}:atlas{n:03d}:50000:atlas:atlas::\n" for n in range(1, 41)
+    ) + "".join(f"{60000 + n}:cms{n:03d}:60000:cms:cms::\n" for n in range(1, 41))
+    users = write(tmp_path, "users.conf", lines)
+    import_users(sqlite_engine, site, users)
+    with pytest.raises(ConflictError) as again:
+        import_users(sqlite_engine, site, users)
+    assert str(again.value) == (
+        f"Import of {users} refused, nothing changed (2 problem(s)):\n"
+        f"  {users}:1: pool atlas already exists; an import adopts only pools "
+        "poolmgr does not manage yet.\n"
+        f"  {users}:41: pool cms already exists; an import adopts only pools "
+        "poolmgr does not manage yet."
+    )
+
+
 def test_a_pool_that_exists_or_overlaps_used_uids_is_refused(
     sqlite_engine, site, tmp_path
 ):
