@@ -94,7 +94,7 @@ def release_account(
     account = _account(session, name, lock=True)
     hold = _open_hold(session, account.id)
     if hold is None and account.held:
-        account.held = False
+        _back_in_circulation(account, now)
         pool = session.get(Pool, account.pool_id)
         events.record(
             session,
@@ -110,10 +110,22 @@ def release_account(
         raise NotFoundError(f"Account {name!r} is not under a hold.")
     hold.released_at, hold.released_by = now, actor
     hold.release_reason, hold.open_account_id = reason, None
-    account.held = False
+    _back_in_circulation(account, now)
     session.flush()
     _record(session, "hold_released", hold, account, actor=actor, reason=reason)
     return hold
+
+
+def _back_in_circulation(account: Account, now: datetime) -> None:
+    """Clear the held flag; a free account counts as free from now on.
+
+    A lease starts no earlier than its account's free_since, so a mapping
+    whose request time came before the release still starts after it and
+    never inside the hold.
+    """
+    account.held = False
+    if account.state == "free":
+        account.free_since = max(account.free_since or now, now)
 
 
 def list_holds(session: Session, *, include_released: bool = False) -> list[HoldRow]:

@@ -337,3 +337,24 @@ def test_a_ban_placed_while_recycling_ends_the_lease_waits_for_it(
         f"{added.details}"
     )
     assert invariant_violations(engine) == []
+
+
+def test_a_lease_requested_before_a_release_starts_after_it(engine, site):
+    """Jane's request arrived at 12:00:30, while atlas001 was held; the hold
+    was released at 12:01 and her mapping then got the account. Her lease
+    starts at the release, not inside the hold, so the history never shows
+    a held account leased."""
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    hold(engine, "atlas001")
+    released_at = NOW + timedelta(minutes=1)
+    with unit_of_work(engine) as session:
+        release_account(
+            session, "atlas001", reason="closed", actor="sec", now=released_at
+        )
+    mapping = map_dn(engine, site, JANE, "/atlas", now=NOW + timedelta(seconds=30))
+    assert mapping.account == "atlas001"
+    [lease] = open_leases(engine)
+    assert at(lease.started_at.isoformat()) == released_at, (
+        f"the lease starts at {lease.started_at}, inside the hold that ended "
+        f"at {released_at}"
+    )
