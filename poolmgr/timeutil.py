@@ -24,6 +24,8 @@ _UNITS = {
     "second": "seconds",
 }
 MAX_YEARS = 100
+# Calendar durations are compared by adding them to one fixed instant.
+_PROBE = datetime(2001, 1, 1, tzinfo=UTC)
 _PART = re.compile(r"(\d{1,6})\s*([a-z]+?)s?\b")
 
 
@@ -105,9 +107,8 @@ class Duration:
     def _within_a_century(self) -> bool:
         # Times run from year 1 to 9999; a duration of at most a century can
         # be added to or taken from any time poolmgr records.
-        probe = datetime(2001, 1, 1, tzinfo=UTC)
         try:
-            return probe + self.delta <= probe.replace(year=2001 + MAX_YEARS)
+            return _PROBE + self.delta <= _PROBE.replace(year=_PROBE.year + MAX_YEARS)
         except (OverflowError, ValueError):
             return False
 
@@ -123,8 +124,7 @@ class Duration:
 
     def is_positive(self) -> bool:
         """Return whether the duration is longer than zero."""
-        probe = datetime(2001, 1, 1, tzinfo=UTC)
-        return probe + self.delta > probe
+        return _PROBE + self.delta > _PROBE
 
     def after(self, start: datetime) -> datetime:
         """Return the instant this duration after start, in calendar terms."""

@@ -211,38 +211,49 @@ def test_a_refused_override_names_what_blocks_it(
     assert str(refused.value).endswith(step), str(refused.value)
 
 
+def recycle_while_the_lease_is_locked(engine, site, monkeypatch, action):
+    """Run a recycle of Jane's lease of atlas001 on a server; once the run has
+    locked the lease and checked it is not held or frozen, run action in
+    another thread. Assert that action waits for the run; return the run's
+    outcomes and what action returned."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take the database lock in turn")
+    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
+    map_dn(engine, site, JANE, "/atlas", now=NOW - timedelta(days=400))
+    checked, go_on = threading.Event(), threading.Event()
+    original = recycle.recycle_blocks
+
+    def pause_after_the_check(session, account_ids=None):
+        blocks = original(session, account_ids)
+        if account_ids is not None and not checked.is_set():
+            checked.set()
+            go_on.wait(10)
+        return blocks
+
+    monkeypatch.setattr(recycle, "recycle_blocks", pause_after_the_check)
+    recycler = Recycler(engine, site, actor="cron")
+    with ThreadPoolExecutor(2) as executor:
+        recycling = executor.submit(lambda: list(recycler.run(NOW)))
+        assert checked.wait(10), "recycling never reached the lease"
+        acting = executor.submit(action)
+        try:
+            with pytest.raises(TimeoutError):
+                acting.result(0.5)
+        finally:
+            go_on.set()
+        return recycling.result(20), acting.result(20)
+
+
 def test_a_hold_placed_while_recycling_ends_the_lease_waits_for_it(
     engine, site, monkeypatch
 ):
     """Recycling has locked Jane's lease of atlas001 and is about to end it
     when an officer holds atlas001. Both commit, one after the other: the
     lease ends, the hold stands, and neither fails as a deadlock."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite writers take the database lock in turn")
-    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
-    map_dn(engine, site, JANE, "/atlas", now=NOW - timedelta(days=400))
-    locked, go_on = threading.Event(), threading.Event()
-    original = recycle.recycle_blocks
-
-    def pause_with_the_lease_locked(session, account_ids=None):
-        if account_ids is not None:
-            locked.set()
-            go_on.wait(10)
-        return original(session, account_ids)
-
-    monkeypatch.setattr(recycle, "recycle_blocks", pause_with_the_lease_locked)
-    recycler = Recycler(engine, site, actor="cron")
-    with ThreadPoolExecutor(2) as executor:
-        recycling = executor.submit(lambda: list(recycler.run(NOW)))
-        assert locked.wait(10), "recycling never reached the lease"
-        holding = executor.submit(hold, engine, "atlas001")
-        try:
-            with pytest.raises(TimeoutError):
-                holding.result(0.5)
-        finally:
-            go_on.set()
-        outcomes = recycling.result(20)
-        assert holding.result(20)[1], "the hold was not placed"
+    outcomes, (_, placed) = recycle_while_the_lease_is_locked(
+        engine, site, monkeypatch, lambda: hold(engine, "atlas001")
+    )
+    assert placed, "the hold was not placed"
 
     # The hold commits right after the lease ends; whether the cleanup step
     # reads it first decides the outcome, and the account's state must match.
@@ -297,37 +308,12 @@ def test_a_ban_placed_while_recycling_ends_the_lease_waits_for_it(
     not banned when an officer bans her. The ban waits for the lease to end,
     so it freezes nothing and the history stays in order; it never commits
     unseen while the run ends and cleans a lease it froze."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite writers take the database lock in turn")
-    sync(engine, site, [pool("atlas", "atlas", 1, "/atlas")])
-    map_dn(engine, site, JANE, "/atlas", now=NOW - timedelta(days=400))
-    checked, go_on = threading.Event(), threading.Event()
-    original = recycle.recycle_blocks
-
-    def pause_after_the_check(session, account_ids=None):
-        blocks = original(session, account_ids)
-        if account_ids is not None and not checked.is_set():
-            checked.set()
-            go_on.wait(10)
-        return blocks
 
     def ban_jane():
         with unit_of_work(engine) as session:
             add_ban(session, dn_entry(JANE), reason="incident", actor="sec", now=NOW)
 
-    monkeypatch.setattr(recycle, "recycle_blocks", pause_after_the_check)
-    recycler = Recycler(engine, site, actor="cron")
-    with ThreadPoolExecutor(2) as executor:
-        recycling = executor.submit(lambda: list(recycler.run(NOW)))
-        assert checked.wait(10), "recycling never reached the lease"
-        banning = executor.submit(ban_jane)
-        try:
-            with pytest.raises(TimeoutError):
-                banning.result(0.5)
-        finally:
-            go_on.set()
-        outcomes = recycling.result(20)
-        banning.result(20)
+    outcomes, _ = recycle_while_the_lease_is_locked(engine, site, monkeypatch, ban_jane)
 
     assert [outcome.action for outcome in outcomes] == ["recycled"]
     with unit_of_work(engine, write=False) as session:
