@@ -313,11 +313,18 @@ def _read_document(path: Path) -> tuple[Document | None, list[Problem]]:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A card that passed its own checks, with where its keys are."""
+    """A card file that parsed, with where its keys are and what it declares.
+
+    card is None when the card has problems of its own; vo and pool_names
+    are still read from it, so that a VO or pool declared twice is reported
+    together with those problems, not only once they are mended.
+    """
 
     path: Path
-    card: VoCard
+    card: VoCard | None
     lines: dict[Loc, int]
+    vo: str | None
+    pool_names: tuple[str | None, ...]
 
     def line(self, loc: Loc) -> int:
         return _line_of(self.lines, loc)
@@ -388,9 +395,28 @@ def _load_one(path: Path) -> tuple[_Loaded | None, list[str]]:
         f"{path}:{line}: {message}." if line else f"{path}: {message}."
         for line, message in problems
     ]
-    if card is None or document is None or problems:
+    if document is None:
         return None, lines
-    return _Loaded(path, card, document.lines), lines
+    if card is None or problems:
+        return _Loaded(path, None, document.lines, *_declared(document.data)), lines
+    names = tuple(entry.name for entry in card.extensions.poolmgr.pools)
+    return _Loaded(path, card, document.lines, card.vo, names), lines
+
+
+def _declared(data: dict[str, Any]) -> tuple[str | None, tuple[str | None, ...]]:
+    """Return the VO and pool names a card that failed its checks declares."""
+    vo = data.get("vo")
+    pools: Any = data.get("extensions")
+    for key in ("poolmgr", "pools"):
+        pools = pools.get(key) if isinstance(pools, dict) else None
+    names = tuple(
+        entry.get("name") if isinstance(entry, dict) else None
+        for entry in (pools if isinstance(pools, list) else [])
+    )
+    return (
+        vo if isinstance(vo, str) else None,
+        tuple(name if isinstance(name, str) else None for name in names),
+    )
 
 
 def _card_files(path: Path) -> tuple[list[Path], list[str]]:
@@ -413,23 +439,26 @@ def _cross_card_problems(loaded: list[_Loaded]) -> list[str]:
     vos: dict[str, _Loaded] = {}
     pools: dict[str, tuple[_Loaded, Loc]] = {}
     for item in loaded:
-        if item.card.vo in vos:
-            first = vos[item.card.vo]
+        if item.vo is not None and item.vo in vos:
+            first = vos[item.vo]
             problems.append(
-                f"{item.path}:{item.line(('vo',))}: vo: VO {item.card.vo!r} is "
+                f"{item.path}:{item.line(('vo',))}: vo: VO {item.vo!r} is "
                 f"already defined at {first.path}:{first.line(('vo',))}."
             )
-        vos.setdefault(item.card.vo, item)
-        for index, entry in enumerate(item.card.extensions.poolmgr.pools):
+        if item.vo is not None:
+            vos.setdefault(item.vo, item)
+        for index, name in enumerate(item.pool_names):
+            if name is None:
+                continue
             loc: Loc = ("extensions", "poolmgr", "pools", index, "name")
-            if entry.name in pools and pools[entry.name][0] is not item:
-                other, other_loc = pools[entry.name]
+            if name in pools and pools[name][0] is not item:
+                other, other_loc = pools[name]
                 problems.append(
                     f"{item.path}:{item.line(loc)}: {dotted(loc)}: pool name "
-                    f"{entry.name!r} is already declared at "
+                    f"{name!r} is already declared at "
                     f"{other.path}:{other.line(other_loc)}."
                 )
-            pools.setdefault(entry.name, (item, loc))
+            pools.setdefault(name, (item, loc))
     return problems
 
 
@@ -453,7 +482,7 @@ def check_cards(path: Path) -> list[str]:
 def load_card(path: Path) -> VoCard:
     """Return the card in path; raise VoCardError listing all its problems."""
     loaded, problems = _load_one(path)
-    if loaded is None or problems:
+    if loaded is None or loaded.card is None or problems:
         raise VoCardError("\n".join(problems))
     return loaded.card
 
@@ -467,7 +496,7 @@ def load_cards(path: Path) -> list[VoCard]:
     loaded, problems = _load_all(path)
     if problems:
         raise VoCardError("\n".join(problems))
-    return [item.card for item in loaded]
+    return [item.card for item in loaded if item.card is not None]
 
 
 def pool_rules(cards: Iterable[VoCard]) -> list[tuple[str, FqanRule]]:

@@ -466,6 +466,24 @@ class TestDirectories:
             f"{second}:2: vo: VO 'atlas' is already defined at {first}:2."
         ]
 
+    def test_a_card_with_problems_still_counts_for_names_declared_twice(
+        self, tmp_path: Path
+    ) -> None:
+        """The second atlas card has a bad account count: that, the VO it
+        defines again and the pool name it reuses come out in one run."""
+        first = write(tmp_path, card_text("atlas", "shared"), "atlas.yaml")
+        broken = card_text("atlas", "shared").replace("accounts: 1", "accounts: -1")
+        second = write(tmp_path, broken, "atlas2.yaml")
+
+        problems = check_cards(tmp_path)
+        assert len(problems) == 3, problems
+        assert problems[0].startswith(f"{second}:8: {POOLS}.0.accounts: ")
+        assert problems[1:] == [
+            f"{second}:2: vo: VO 'atlas' is already defined at {first}:2.",
+            f"{second}:6: {POOLS}.0.name: pool name 'shared' is already declared "
+            f"at {first}:6.",
+        ]
+
     def test_load_cards_raises_on_a_cross_card_problem(self, tmp_path: Path) -> None:
         write(tmp_path, card_text("atlas", "shared"), "atlas.yaml")
         write(tmp_path, card_text("cms", "shared"), "cms.yaml")
