@@ -34,7 +34,7 @@ from sqlalchemy.types import String
 
 from poolmgr import nss
 from poolmgr.db import UTCDateTime
-from poolmgr.models import Account, Lease
+from poolmgr.models import Account, Lease, Pool
 from poolmgr.routing import Route
 from poolmgr.settings import Settings
 from poolmgr.timeutil import Duration
@@ -296,16 +296,24 @@ def v_param(name: str, type_: Any) -> Any:
 
 
 def free_accounts(requester: Any) -> Select:
-    """Free accounts of pool v_pool_id that no hold keeps back, as candidates."""
+    """Free accounts of pool v_pool_id that no hold keeps back, as candidates.
+
+    An account numbered above the pool's size is never one: a sync that
+    shrank the pool retires it as soon as it can, but one it found locked
+    stays free until the next sync.
+    """
+    pool_id = v_param("pool_id", Integer)
+    size = select(Pool.size).where(Pool.id == pool_id).scalar_subquery()
     return select(
         *_ACCOUNT_COLUMNS,
         _waived_against(requester).label("waived_for_requester"),
     ).where(
-        Account.pool_id == v_param("pool_id", Integer),
+        Account.pool_id == pool_id,
         Account.state == _FREE,
         # On the row itself: a hold committed between this statement's
         # snapshot and its lock is still seen (see holds.IS_HELD).
         Account.held.is_(false()),
+        Account.number <= size,
     )
 
 

@@ -256,7 +256,10 @@ def _allow_long_statements(engine: Engine) -> None:
 
 
 def is_absent_sqlite_file(url: str) -> bool:
-    """Return whether url names an SQLite file that does not exist (yet)."""
+    """Return whether url names an SQLite file that does not exist (yet).
+
+    The path is taken as SQLite opens it: as written, '~' not expanded.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (
         None,
@@ -264,7 +267,7 @@ def is_absent_sqlite_file(url: str) -> bool:
         ":memory:",
     ):
         return False
-    return not Path(parsed.database or "").expanduser().exists()
+    return not Path(parsed.database or "").exists()
 
 
 def create_sqlite_file(url: str) -> None:
@@ -276,7 +279,7 @@ def create_sqlite_file(url: str) -> None:
     """
     if not is_absent_sqlite_file(url):
         return
-    path = Path(make_url(url).database or "").expanduser()
+    path = Path(make_url(url).database or "")
     with suppress(FileExistsError, FileNotFoundError, NotADirectoryError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
@@ -516,7 +519,7 @@ def missing_sqlite_directory(database: str | None) -> Path | None:
     """Return the directory of an SQLite file path when it does not exist."""
     if database in (None, "", ":memory:"):
         return None
-    directory = Path(database or "").expanduser().parent
+    directory = Path(database or "").parent
     return None if directory.is_dir() else directory
 
 

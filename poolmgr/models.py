@@ -258,7 +258,9 @@ class Ban(Base):
     kind: Mapped[str] = mapped_column(
         String(12), comment="dn, dn-pattern, fqan or fqan-pattern"
     )
-    entry: Mapped[str] = mapped_column(Text, comment="as written on the list or CLI")
+    entry: Mapped[str] = mapped_column(
+        Text, comment="a DN in the canonical slash form, other kinds as written"
+    )
     key: Mapped[str] = mapped_column(Text, comment="canonical form that is compared")
     key_hash: Mapped[str] = mapped_column(
         String(64), comment="sha256 of kind and key; for dn equal to identities'"

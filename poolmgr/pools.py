@@ -209,21 +209,23 @@ def _check_account_names(pool: str, prefix: str, digits: int) -> None:
 
     A user name has at most 32 characters; the prefix column holds 24.
     """
-    problem = None
     if len(prefix) > MAX_PREFIX:
         problem = (
             f"its account prefix {prefix!r} is longer than {MAX_PREFIX} characters"
         )
+        fix = f"pools.{pool}.prefix"
     elif len(prefix) + digits > MAX_ACCOUNT_NAME:
         problem = (
             f"its account names ({prefix!r} and {digits} digits) would be longer "
             f"than the {MAX_ACCOUNT_NAME} characters a user name may have"
         )
-    if problem is not None:
-        raise ConflictError(
-            f"Sync refused, nothing changed: pool {pool}: {problem} "
-            f"(set pools.{pool}.prefix in the site configuration)."
-        )
+        fix = f"pools.{pool}.prefix or pools.{pool}.digits"
+    else:
+        return
+    raise ConflictError(
+        f"Sync refused, nothing changed: pool {pool}: {problem} "
+        f"(set {fix} in the site configuration)."
+    )
 
 
 def _next_uid_block(session: Session, settings: Settings) -> int:
@@ -363,7 +365,7 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
         )
     }
     target = pool.size if pool.retired_at is None else 0
-    added, restored, retired, kept = [], [], [], []
+    added, restored, retired, kept, busy = [], [], [], [], []
     for number in range(1, target + 1):
         account = accounts.get(number)
         if account is None:
@@ -377,11 +379,15 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
         account = accounts[number]
         if number <= target or account.state == "retired":
             continue
-        if account.state != "free" or not _retire(session, account, now):
+        if account.state == "free" and _retire(session, account, now):
+            retired.append(account.name)
+        elif account.state == "free":
+            # Locked by another writer at this moment; never handed out
+            # (candidates stop at the pool's size), retired by a later sync.
+            busy.append(account.name)
+        else:
             # Leased, or out of service until its cleanup succeeds.
             kept.append(account.name)
-            continue
-        retired.append(account.name)
 
     for kind, names in (
         ("accounts_added", added),
@@ -394,6 +400,11 @@ def _resize(session: Session, pool: Pool, now: datetime, result: SyncResult) -> 
         result.warnings.append(
             f"pool {pool.name}: {len(kept)} surplus account(s) in use or being "
             f"cleaned are kept, and retire once recycled: {_span(kept)}"
+        )
+    if busy:
+        result.warnings.append(
+            f"pool {pool.name}: {len(busy)} free surplus account(s) were busy and "
+            f"are no longer handed out; run sync again to retire them: {_span(busy)}"
         )
 
 

@@ -30,10 +30,9 @@ def upgrade_command() -> None:
 @app.command("status")
 def status_command() -> None:
     """Show the database URL, its schema revision and the newest one."""
-    url = state.settings().database_url()
-    if is_absent_sqlite_file(url):
+    url = _absent_sqlite_file()
+    if url is not None:
         # Asking must not create the file: a mistyped path would leave one.
-        require_sqlite_directory(url)
         typer.echo(f"database: {url}")
         typer.echo("revision: none (no such file)")
         typer.echo(f"head:     {migrate.head_revision()}")
@@ -48,6 +47,21 @@ def status_command() -> None:
     typer.echo(f"state:    {_state_line(status)}")
     if not status.is_known:
         raise DatabaseUnavailableError(f"Database {_where(engine)} {status.problem()}.")
+
+
+def _absent_sqlite_file() -> str | None:
+    """Return the URL of an SQLite database that is not created yet, else None.
+
+    A configured path in a directory that does not exist is refused, as
+    every command refuses it; the default directory is made on first use.
+    """
+    settings = state.settings()
+    url = settings.database_url()
+    if not is_absent_sqlite_file(url):
+        return None
+    if settings.database is not None:
+        require_sqlite_directory(url)
+    return url
 
 
 def _state_line(status: migrate.SchemaStatus) -> str:
@@ -65,9 +79,8 @@ def _where(engine: Engine) -> str:
 @app.command("check")
 def check_command() -> None:
     """Verify that the schema is at head and matches the models exactly."""
-    url = state.settings().database_url()
-    if is_absent_sqlite_file(url):
-        require_sqlite_directory(url)
+    url = _absent_sqlite_file()
+    if url is not None:
         raise DatabaseUnavailableError(f"Database {url} does not exist.")
     engine = state.engine(migrate_sqlite=False)
     ping(engine)

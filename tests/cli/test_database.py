@@ -140,6 +140,34 @@ def test_db_status_and_check_do_not_create_the_database(cli, tmp_path):
     assert list(tmp_path.glob("cli.db*")) == [], "asking created the database"
 
 
+def test_db_status_on_a_fresh_host_creates_nothing(tmp_path, capsys):
+    """No configuration and no state directory yet: status says the default
+    database is not created, and creates neither it nor its directory."""
+    directory = default_state_dir()
+    assert directory.is_relative_to(tmp_path) and not directory.exists()
+    assert main(["db", "status"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "state:    not created yet (the first command that uses it does)"
+    )
+    assert main(["db", "check"]) == 8
+    assert not directory.exists(), "asking created the state directory"
+
+
+def test_a_tilde_in_an_sqlite_path_is_taken_as_written(tmp_path, capsys, monkeypatch):
+    """SQLite opens '~/x.db' below the working directory, so poolmgr does
+    too: no stray file appears in the home directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--database", "sqlite:///~/x.db", "pools"]) == 8
+    assert capsys.readouterr().err == (
+        "poolmgr: Database file ~/x.db cannot be opened: the directory ~ does "
+        "not exist.\n"
+    )
+    assert list(home.iterdir()) == [], "a file was made in the home directory"
+
+
 def test_the_default_database_is_readable_by_owner_and_group_only(
     tmp_path, capsys, monkeypatch
 ):
